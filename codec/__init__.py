@@ -1,0 +1,1 @@
+"""Lattice, quantizers, entropy coding and bitstream: no neural networks."""

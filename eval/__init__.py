@@ -1,0 +1,1 @@
+"""Datasets, metrics, baselines, rate-distortion curves, BD-rate and plots."""

@@ -1,0 +1,1 @@
+"""Networks, the registry of trained models and their weight files."""
