@@ -1,0 +1,86 @@
+"""The exact Gaussian prior on the Leech lattice, in torch (DESIGN.md section 5).
+
+P(x) = prod_i phi_i(x_i) / Z over x in the integer-frame Leech lattice, with
+phi_i(t) = exp(-(t - mu_i)^2 / (2 sigma_i^2)). Z is a sum over the 8,192 cosets
+(m, c) of 4*D24-with-parity:
+
+    Z(m, c) = 1/2 [ prod_i A_i(r_i) + (-1)^m prod_i B_i(r_i) ],   r_i = (2 c_i + m) mod 4,
+
+where A_i(rho) = C_i(rho) + C_i(rho + 4), B_i(rho) = C_i(rho) - C_i(rho + 4) and
+C_i(k) = sum_h phi_i(k + 8 h) is a theta function (parity pi(m, c) = m for every codeword).
+Everything here is differentiable: it is the training rate term, and the entropy coder in
+``lsq.codec.leech_coder`` evaluates the same formulas from tables.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from lsq.codec.leech import golay_code
+
+#: Below this sigma the direct theta sum converges in 11 terms, above it the Poisson dual in 4.
+DIRECT_MAX_SIGMA = 4.0
+_DIRECT_TERMS = 5
+_DUAL_TERMS = 3
+
+
+@lru_cache(maxsize=8)
+def _codewords(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(golay_code(), dtype=dtype, device=device)
+
+
+def log_theta8(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log C(k) = log sum_h exp(-(k + 8h - mu)^2 / (2 sigma^2)) for k = 0..7.
+
+    Shapes (...,) -> (..., 8). Direct sum for small sigma, Poisson dual for large sigma;
+    both branches are evaluated on clamped inputs so that gradients stay finite.
+    """
+    k = torch.arange(8, dtype=mu.dtype, device=mu.device)
+    d = mu.unsqueeze(-1) - k
+    s = sigma.unsqueeze(-1)
+
+    s_direct = s.clamp(max=DIRECT_MAX_SIGMA)
+    h = torch.arange(-_DIRECT_TERMS, _DIRECT_TERMS + 1, dtype=mu.dtype, device=mu.device)
+    t = 8 * (torch.round(d / 8).detach().unsqueeze(-1) + h) - d.unsqueeze(-1)
+    direct = torch.logsumexp(-(t * t) / (2 * s_direct.unsqueeze(-1) ** 2), dim=-1)
+
+    s_dual = s.clamp(min=DIRECT_MAX_SIGMA)
+    f = torch.arange(1, _DUAL_TERMS + 1, dtype=mu.dtype, device=mu.device)
+    damp = torch.exp(-(2 * math.pi**2 / 64) * (s_dual.unsqueeze(-1) * f) ** 2)
+    wave = torch.cos((2 * math.pi / 8) * f * d.unsqueeze(-1))
+    dual = torch.log(s_dual * math.sqrt(2 * math.pi) / 8) + torch.log1p(2 * (damp * wave).sum(-1))
+    return torch.where(s < DIRECT_MAX_SIGMA, direct, dual)
+
+
+def leech_log_partition(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log Z for blocks (..., 24) of means and scales (integer frame) -> (...,)."""
+    log_c = log_theta8(mu, sigma)
+    log_a = torch.logaddexp(log_c[..., :4], log_c[..., 4:])
+    beta = torch.tanh((log_c[..., :4] - log_c[..., 4:]) / 2)  # B / A, in [-1, 1]
+    log_abs_beta = torch.log(beta.abs().clamp(min=1e-30))
+    negative = (beta < 0).to(mu.dtype)
+    g = _codewords(mu.device, mu.dtype).T  # (24, 4096)
+
+    def over_codewords(values: torch.Tensor, m: int) -> torch.Tensor:
+        """sum_i values_i(r_i) for every codeword: linear in c, so one matrix product."""
+        base = values[..., m]
+        return base.sum(-1, keepdim=True) + (values[..., m + 2] - base) @ g
+
+    terms = []
+    for m in (0, 1):
+        sum_log_a = over_codewords(log_a, m)
+        sum_log_beta = over_codewords(log_abs_beta, m).clamp(max=-1e-30)
+        sign_flips = torch.remainder(over_codewords(negative, m).detach().round() + m, 2)
+        plus = torch.nn.functional.softplus(sum_log_beta)  # log(1 + prod beta)
+        minus = torch.log(-torch.expm1(sum_log_beta))  # log(1 - prod beta)
+        terms.append(sum_log_a - math.log(2) + torch.where(sign_flips == 0, plus, minus))
+    return torch.logsumexp(torch.cat(terms, dim=-1), dim=-1)
+
+
+def leech_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Natural log of P(x) for points x (..., 24) (lattice points, or noisy proxies)."""
+    log_phi = -((x - mu) ** 2) / (2 * sigma**2)
+    return log_phi.sum(-1) - leech_log_partition(mu, sigma)

@@ -1,0 +1,162 @@
+"""One interface for the four quantizers of the latent (DESIGN.md section 4).
+
+Every quantizer works on blocks: tensors of shape (..., 24) (scalar rounding works
+elementwise but keeps the same shape). Each gives
+- ``quantize``: the hard quantization, as the reconstruction the synthesis sees;
+- ``proxy``: the training stand-in (``"ste"`` straight-through, ``"noise"`` additive noise
+  uniform over the Voronoi cell, ``"mixed"`` noise for the rate, straight-through for the
+  reconstruction);
+- ``symbols`` / ``reconstruct``: the integers the entropy coder writes and their inverse.
+Steps are in latent units; the Leech quantizers work in the integer frame (coordinates
+multiplied by sqrt(8), minimal squared norm 32), so a step of 2**-1.5 gives the lattice
+the same point density as unit scalar rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from lsq.codec import leech
+
+BLOCK = 24
+PROXIES = ("ste", "noise", "mixed")
+#: Step that gives the integer-frame Leech lattice (volume 8**12) unit density per dimension.
+LEECH_UNIT_STEP = 2.0**-1.5
+SHELL_NORM = math.sqrt(32.0)
+
+
+class Proxy(NamedTuple):
+    """What training uses: ``rate_input`` feeds the entropy model, ``recon`` the synthesis."""
+
+    rate_input: torch.Tensor
+    recon: torch.Tensor
+
+
+def straight_through(x: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """``hard`` in the forward pass, identity gradient to ``x`` in the backward pass."""
+    return x + (hard - x).detach()
+
+
+def leech_cell_noise(shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Noise uniform over the Voronoi cell of the integer-frame Leech lattice.
+
+    8Z^24 is a sublattice, so u - Q(u) for u uniform over [0, 8)^24 is uniform over the cell.
+    """
+    u = torch.rand(shape, device=device, dtype=torch.float64) * 8
+    return (u - leech.nearest(u).to(torch.float64)).to(dtype)
+
+
+def _check_proxy(kind: str) -> None:
+    if kind not in PROXIES:
+        raise ValueError(f"unknown training proxy {kind!r}; expected one of {PROXIES}")
+
+
+class ScalarQuantizer:
+    """Rounding around the predicted mean (the CompressAI baseline)."""
+
+    def quantize(self, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        return torch.round(y - means) + means
+
+    def proxy(self, y: torch.Tensor, means: torch.Tensor, kind: str) -> Proxy:
+        _check_proxy(kind)
+        hard = straight_through(y, self.quantize(y, means))
+        noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        if kind == "ste":
+            return Proxy(hard, hard)
+        if kind == "noise":
+            return Proxy(noisy, noisy)
+        return Proxy(noisy, hard)
+
+    def symbols(self, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        return torch.round(y - means).to(torch.int64)
+
+    def reconstruct(self, symbols: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        return symbols.to(means.dtype) + means
+
+
+class BSQQuantizer:
+    """Binary spherical quantization: L2-normalize each block, take signs, scale 1/sqrt(L)."""
+
+    def quantize(self, y: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(self.symbols(y)).to(y.dtype)
+
+    def proxy(self, y: torch.Tensor, kind: str = "ste") -> Proxy:
+        """BSQ trains straight-through on the normalized block (Zhao et al. 2024)."""
+        _check_proxy(kind)
+        u = y / y.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        hard = straight_through(u, self.quantize(y))
+        return Proxy(hard, hard)
+
+    def symbols(self, y: torch.Tensor) -> torch.Tensor:
+        """Bits: 1 where the coordinate is non-negative."""
+        return (y >= 0).to(torch.int64)
+
+    def reconstruct(self, bits: torch.Tensor) -> torch.Tensor:
+        return (2 * bits.to(torch.float32) - 1) / math.sqrt(BLOCK)
+
+
+class LeechQuantizer:
+    """Full Leech lattice on y / step (integer frame)."""
+
+    def quantize(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(self.symbols(y, step), step).to(y.dtype)
+
+    def proxy(self, y: torch.Tensor, step: torch.Tensor, kind: str) -> Proxy:
+        """Proxies in the integer frame: ``rate_input`` is y / step perturbed or snapped."""
+        _check_proxy(kind)
+        v = y / step
+        hard = straight_through(v, leech.nearest(v.detach()).to(v.dtype))
+        noisy = v + leech_cell_noise(v.shape, v.device, v.dtype)
+        if kind == "ste":
+            return Proxy(hard, hard * step)
+        if kind == "noise":
+            return Proxy(noisy, noisy * step)
+        return Proxy(noisy, hard * step)
+
+    def symbols(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        return leech.nearest((y / step).detach())
+
+    def reconstruct(self, points: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        return points.to(step.dtype) * step
+
+
+class SphericalLeechQuantizer:
+    """Gain times a first-shell direction (Lambda24-SQ of Zhao et al. 2025).
+
+    The direction is the first-shell point of largest inner product; the gain
+    ||y|| is rounded on a grid of ``gain_step``.
+    """
+
+    def quantize(self, y: torch.Tensor, gain_step: torch.Tensor) -> torch.Tensor:
+        points, gains = self.symbols(y, gain_step)
+        return self.reconstruct(points, gains, gain_step).to(y.dtype)
+
+    def proxy(self, y: torch.Tensor, gain_step: torch.Tensor, kind: str) -> tuple[Proxy, Proxy]:
+        """(direction proxy in the integer frame, gain proxy in gain steps); recon in y units."""
+        _check_proxy(kind)
+        gain = y.norm(dim=-1, keepdim=True)
+        u = y / gain.clamp(min=1e-6) * SHELL_NORM
+        _, point = leech.nearest_shell(u.detach())
+        hard_dir = straight_through(u, point.to(u.dtype))
+        g = gain / gain_step
+        hard_gain = straight_through(g, torch.round(g))
+        noisy_gain = g + torch.empty_like(g).uniform_(-0.5, 0.5)
+        noisy_dir = u + leech_cell_noise(u.shape, u.device, u.dtype)
+        recon = hard_dir / SHELL_NORM * hard_gain * gain_step
+        if kind == "ste":
+            return Proxy(hard_dir, recon), Proxy(hard_gain, recon)
+        return Proxy(noisy_dir, recon), Proxy(noisy_gain, recon)
+
+    def symbols(self, y: torch.Tensor, gain_step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first-shell points (..., 24), gain indices (..., 1))."""
+        gain = y.norm(dim=-1, keepdim=True)
+        _, point = leech.nearest_shell(y.detach())
+        return point, torch.round(gain / gain_step).to(torch.int64)
+
+    def reconstruct(
+        self, points: torch.Tensor, gains: torch.Tensor, gain_step: torch.Tensor
+    ) -> torch.Tensor:
+        return points.to(gain_step.dtype) / SHELL_NORM * gains.to(gain_step.dtype) * gain_step
