@@ -107,9 +107,8 @@ def _groups(rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]
     sorted_rows = rows[order]
     cuts = np.flatnonzero(np.diff(sorted_rows)) + 1
     bounds = np.concatenate([[0], cuts, [len(rows)]])
-    return order, [
-        (int(sorted_rows[a]), np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a
-    ]
+    spans = zip(bounds[:-1], bounds[1:], strict=True)
+    return order, [(int(sorted_rows[a]), np.arange(a, b)) for a, b in spans if b > a]
 
 
 def scale_index(sigma: np.ndarray, tab: tables.Tables) -> np.ndarray:

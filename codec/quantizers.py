@@ -150,7 +150,9 @@ class SphericalLeechQuantizer:
             return Proxy(hard_dir, recon), Proxy(hard_gain, recon)
         return Proxy(noisy_dir, recon), Proxy(noisy_gain, recon)
 
-    def symbols(self, y: torch.Tensor, gain_step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def symbols(
+        self, y: torch.Tensor, gain_step: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(first-shell points (..., 24), gain indices (..., 1))."""
         gain = y.norm(dim=-1, keepdim=True)
         _, point = leech.nearest_shell(y.detach())
