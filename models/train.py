@@ -1,0 +1,643 @@
+"""Training loop for the lsq hyperprior models (DESIGN.md, section 8).
+
+Built for a GPU machine that has PyTorch but no network and may be taken away after half an
+hour: the decoded training set lives on the GPU as uint8 and is cropped there, checkpoints
+(each file at most 16 MiB) are written every few minutes and picked up again automatically,
+and several GPUs go through torchrun (DDP). This module imports only torch, numpy, Pillow
+(through ``shards``) and, lazily, the model builder and safetensors, so that
+``python -m lsq.models.train`` runs there with nothing but ``PYTHONPATH`` set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import shlex
+import sys
+import time
+import types
+import typing
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .shards import DEFAULT_VAL_EVERY, load_folder_images, load_images
+
+ModelBuilder = Callable[[str, int, int], nn.Module]
+
+CKPT_PART_BYTES = 16_000_000  # < 16 MiB, the most one file may hold on its way back
+CKPT_MANIFEST = "checkpoint.json"
+EXPORT_NAME = "final.safetensors"
+EXPORT_META_KEYS = (
+    "name", "family", "quality", "N", "M", "lmbda", "steps", "batch", "data", "gpu_time",
+    "command",
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in every checkpoint."""
+
+    quantizer: str = dataclasses.field(
+        default="scalar", metadata={"help": "scalar | bsq | leech | spherical-leech"})
+    lmbda: float = dataclasses.field(
+        default=0.013, metadata={"help": "loss = lmbda * 255^2 * MSE + bpp"})
+    steps: int = dataclasses.field(default=100_000, metadata={"help": "total optimizer steps"})
+    out: str = dataclasses.field(
+        default="runs/train", metadata={"help": "run folder: log, checkpoint, final weights"})
+    data: str | None = dataclasses.field(
+        default=None, metadata={"help": "shard folder (from pack-shards)"})
+    images: list[str] = dataclasses.field(
+        default_factory=list, metadata={"help": "image folders, instead of --data"})
+    N: int = dataclasses.field(default=128, metadata={"help": "hyperprior channels"})
+    M: int = dataclasses.field(default=192, metadata={"help": "latent channels"})
+    batch: int = dataclasses.field(default=16, metadata={"help": "crops per step and GPU"})
+    crop: int = dataclasses.field(default=256, metadata={"help": "crop side in pixels"})
+    min_scale: float = dataclasses.field(
+        default=0.5, metadata={"help": "smallest random downscale before cropping"})
+    lr: float = dataclasses.field(default=1e-4, metadata={"help": "main Adam learning rate"})
+    aux_lr: float = dataclasses.field(
+        default=1e-3, metadata={"help": "Adam learning rate of the '.quantiles' parameters"})
+    lr_drop_at: float = dataclasses.field(
+        default=0.9, metadata={"help": "fraction of steps after which lr is divided by 10"})
+    clip: float = dataclasses.field(default=1.0, metadata={"help": "gradient-norm clip, 0: off"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "random seed"})
+    log_every: int = dataclasses.field(default=100, metadata={"help": "steps per log line"})
+    val_every: int = dataclasses.field(
+        default=5000, metadata={"help": "steps between validations, 0: only at the end"})
+    ckpt_minutes: float = dataclasses.field(
+        default=5.0, metadata={"help": "minutes between checkpoints"})
+    max_minutes: float | None = dataclasses.field(
+        default=None, metadata={"help": "stop with a checkpoint after this many minutes"})
+    stop_step: int | None = dataclasses.field(
+        default=None, metadata={"help": "stop with a checkpoint at this step (chunked runs)"})
+    resume: bool = dataclasses.field(
+        default=True, metadata={"help": "continue from OUT's checkpoint if there is one"})
+    ckpt_moments: str = dataclasses.field(
+        default="bfloat16",
+        metadata={"help": "dtype of Adam moments in checkpoints (float32: exact resume)"})
+    bf16: bool = dataclasses.field(default=False, metadata={"help": "bf16 autocast"})
+    channels_last: bool = dataclasses.field(
+        default=False, metadata={"help": "channels_last memory format"})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto | cuda | cpu"})
+    name: str | None = dataclasses.field(
+        default=None, metadata={"help": "model name in the export (default: OUT's name)"})
+    quality: int | None = dataclasses.field(
+        default=None, metadata={"help": "quality index in the export"})
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class CropSampler:
+    """Random crops of GPU-resident uint8 images, so that training is never data-bound.
+
+    Per sample: a random image, a random downscale in [min_scale, 1] (limited so that the
+    scaled image still holds a crop), an antialiased resize of just the region that becomes
+    the crop, a random position and a random horizontal flip. The random draws come from a
+    numpy generator whose state goes into checkpoints.
+    """
+
+    def __init__(
+        self, images: Sequence[np.ndarray], crop: int, device: torch.device,
+        min_scale: float, seed: Sequence[int],
+    ) -> None:
+        kept = [im for im in images if min(im.shape[:2]) >= crop]
+        if not kept:
+            raise ValueError(f"no training image has both sides >= {crop}")
+        self.skipped = len(images) - len(kept)
+        self.images = [
+            torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).to(device) for im in kept
+        ]
+        self.sizes = np.array([im.shape[:2] for im in kept], dtype=np.int64)
+        self.crop = crop
+        self.min_scale = min_scale
+        self.device = device
+        self.rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
+
+    def sample(self, batch: int) -> torch.Tensor:
+        """A (batch, 3, crop, crop) float tensor in [0, 1]."""
+        c = self.crop
+        idx = self.rng.integers(len(self.images), size=batch)
+        u = self.rng.random((batch, 4))
+        h, w = self.sizes[idx, 0], self.sizes[idx, 1]
+        lowest = np.maximum(self.min_scale, c / np.minimum(h, w))
+        scale = lowest + (1.0 - lowest) * u[:, 0]
+        region = np.minimum(np.rint(c / scale).astype(np.int64), np.minimum(h, w))
+        top = (u[:, 1] * (h - region + 1)).astype(np.int64)
+        left = (u[:, 2] * (w - region + 1)).astype(np.int64)
+        flip = u[:, 3] < 0.5
+        out = torch.empty((batch, 3, c, c), device=self.device)
+        for k in range(batch):
+            r, t, l_ = int(region[k]), int(top[k]), int(left[k])
+            patch = self.images[idx[k]][:, t : t + r, l_ : l_ + r]
+            if flip[k]:
+                patch = patch.flip(-1)
+            if r == c:
+                out[k].copy_(patch)
+            else:
+                out[k] = F.interpolate(
+                    patch[None].float(), size=(c, c), mode="bilinear", antialias=True,
+                    align_corners=False,
+                )[0]
+        return out.div_(255.0).clamp_(0.0, 1.0)
+
+    def get_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def center_crops(images: Sequence[np.ndarray], crop: int, device: torch.device) -> torch.Tensor:
+    """(n, 3, crop, crop) uint8 centre crops of the images large enough for one."""
+    crops = []
+    for im in images:
+        h, w = im.shape[:2]
+        if min(h, w) >= crop:
+            t, l_ = (h - crop) // 2, (w - crop) // 2
+            crops.append(torch.from_numpy(np.ascontiguousarray(
+                im[t : t + crop, l_ : l_ + crop].transpose(2, 0, 1))))
+    if not crops:
+        return torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device)
+    return torch.stack(crops).to(device)
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """(train images, held-out images, description) from shards or image folders."""
+    if cfg.data:
+        train, val = load_images(cfg.data, "train"), load_images(cfg.data, "val")
+        source = f"shards {cfg.data}"
+    elif cfg.images:
+        train = load_folder_images(cfg.images, "train")
+        val = load_folder_images(cfg.images, "val")
+        source = "folders " + ", ".join(cfg.images)
+    else:
+        raise ValueError("give --data (shard folder) or --images (image folders)")
+    desc = f"{source}: {len(train)} train, {len(val)} held out (every {DEFAULT_VAL_EVERY}th)"
+    return train, val, desc
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def default_builder(quantizer: str, N: int, M: int) -> nn.Module:
+    """The project's model; imported lazily so that tests can inject a tiny one."""
+    from .hyperprior import build_model
+
+    return build_model(quantizer, N, M)
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(main, aux) parameters, CompressAI's rule: names ending in '.quantiles' are aux."""
+    main, aux = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (aux if name.endswith(".quantiles") else main).append(p)
+    return main, aux
+
+
+def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bpp, mse) of a forward pass; bits = -sum(log2 likelihoods)."""
+    num_pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    bits = sum(torch.log2(lik.float()).sum() for lik in out["likelihoods"].values())
+    bpp = -bits / num_pixels
+    mse = F.mse_loss(out["x_hat"].float(), x)
+    return bpp, mse
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, crops: torch.Tensor, batch: int, channels_last: bool) -> dict:
+    """bpp (likelihood estimate) and mean PSNR on the held-out centre crops."""
+    was_training = model.training
+    model.eval()
+    bits, pixels, psnrs = 0.0, 0, []
+    for i in range(0, len(crops), batch):
+        x = crops[i : i + batch].float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        bpp, _ = rd_terms(out, x)
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        bits += float(bpp) * n
+        pixels += n
+        mse = (out["x_hat"].float().clamp(0, 1) - x).pow(2).mean(dim=(1, 2, 3))
+        psnrs.extend((-10.0 * torch.log10(mse)).tolist())
+    model.train(was_training)
+    return {"val_bpp": bits / max(pixels, 1), "val_psnr": float(np.mean(psnrs)) if psnrs else
+            float("nan"), "val_images": len(psnrs)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _write_atomic(path: Path, data: bytes | memoryview) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir: str | os.PathLike, state: dict) -> list[Path]:
+    """Write ``state`` as parts of at most 16 MB and then the manifest that commits them.
+
+    Parts get fresh names, so a crash at any point leaves the previous checkpoint whole;
+    parts of older checkpoints are removed once the new manifest is in place.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    tag = f"ckpt-{state['step']:08d}-{uuid.uuid4().hex[:6]}"
+    parts = []
+    for i, start in enumerate(range(0, len(data), CKPT_PART_BYTES)):
+        chunk = data[start : start + CKPT_PART_BYTES]
+        name = f"{tag}-{i}.bin"
+        _write_atomic(out / name, chunk)
+        digest = hashlib.sha256(chunk).hexdigest()
+        parts.append({"file": name, "bytes": len(chunk), "sha256": digest})
+    manifest = {"step": state["step"], "total_bytes": len(data), "parts": parts}
+    _write_atomic(out / CKPT_MANIFEST, json.dumps(manifest, indent=1).encode())
+    live = {p["file"] for p in parts}
+    for old in out.glob("ckpt-*.bin"):
+        if old.name not in live:
+            old.unlink()
+    return [out / p["file"] for p in parts]
+
+
+def checkpoint_exists(out_dir: str | os.PathLike) -> bool:
+    return (Path(out_dir) / CKPT_MANIFEST).is_file()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint from its run folder or manifest, checking every part's hash."""
+    manifest_path = Path(path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / CKPT_MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    chunks = []
+    for part in manifest["parts"]:
+        chunk = (manifest_path.parent / part["file"]).read_bytes()
+        if len(chunk) != part["bytes"] or hashlib.sha256(chunk).hexdigest() != part["sha256"]:
+            raise ValueError(f"checkpoint part {part['file']} is damaged")
+        chunks.append(chunk)
+    return torch.load(io.BytesIO(b"".join(chunks)), map_location="cpu", weights_only=True)
+
+
+def _compact_optimizer_state(state: dict, dtype: torch.dtype) -> dict:
+    """Adam's moments in ``dtype``; Optimizer.load_state_dict casts them back to fp32."""
+    return {
+        "state": {
+            k: {n: (v.to(dtype) if n in ("exp_avg", "exp_avg_sq") else v) for n, v in s.items()}
+            for k, s in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
+
+
+def _numpy_state() -> tuple:
+    """numpy's global state without arrays, which ``torch.load(weights_only=True)`` refuses."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, keys.tolist(), int(pos), int(has_gauss), float(cached)
+
+
+def _rng_state(sampler: CropSampler, device: torch.device) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+        "sampler": sampler.get_state(),
+    }
+
+
+def _set_rng_state(rng: dict, sampler: CropSampler, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(rng["python"])
+    sampler.set_state(rng["sampler"])
+
+
+def _seed_everything(seed: int, rank: int, step: int) -> None:
+    """Seed torch/numpy/python per rank (and per resume step when states cannot be restored)."""
+    ss = np.random.SeedSequence([seed, rank, step])
+    torch.manual_seed(int(ss.generate_state(1, np.uint64)[0]) & (2**63 - 1))
+    np.random.seed(ss.generate_state(1)[0])
+    random.seed(int(ss.generate_state(1)[0]))
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _fp16_safe(t: torch.Tensor) -> bool:
+    """Big float tensors whose values fp16 holds; small ones (biases, entropy tables) stay fp32."""
+    if not t.is_floating_point() or t.numel() < 1024:
+        return False
+    return bool(t.abs().max() < 6e4)
+
+
+def export_weights(
+    ckpt: str | os.PathLike | dict,
+    out_path: str | os.PathLike,
+    meta: dict,
+    build_model: ModelBuilder | None = None,
+    half: bool = True,
+) -> Path:
+    """Save the checkpoint's model, after ``update(force=True)``, as safetensors.
+
+    Integer buffers (``_quantized_cdf``, ``_offset``, ``_cdf_length``) are stored exactly;
+    with ``half`` the large float tensors are stored as fp16 (about halving the file) and
+    everything else as fp32. ``meta`` overrides the defaults taken from the checkpoint and
+    is stored as ``{"config": json.dumps(meta)}``.
+    """
+    from safetensors.torch import save_file
+
+    state = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
+    cfg = state["config"]
+    model = (build_model or default_builder)(cfg["quantizer"], cfg["N"], cfg["M"])
+    model.load_state_dict(state["model"])
+    model.update(force=True)
+    full = {
+        "name": cfg.get("name") or Path(cfg["out"]).name,
+        "family": cfg["quantizer"], "quality": cfg.get("quality"), "N": cfg["N"], "M": cfg["M"],
+        "lmbda": cfg["lmbda"], "steps": state["step"], "batch": cfg["batch"],
+        "data": state.get("data"), "gpu_time": round(state.get("elapsed_s", 0.0), 1),
+        "command": state.get("command"),
+    }
+    full.update(meta)
+    missing = [k for k in EXPORT_META_KEYS if k not in full]
+    if missing:
+        raise ValueError(f"export metadata lacks {missing}")
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        tensors[k] = (v.half() if half and _fp16_safe(v) else v).contiguous().clone()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(full)})
+    os.replace(tmp, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if want_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+        device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+        return dist.get_rank(), world, device
+    return 0, 1, torch.device("cuda" if want_cuda else "cpu")
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    """A tqdm bar on a terminal, else None (tqdm may be missing on the GPU machine)."""
+    if not (enabled and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, dynamic_ncols=True)
+
+
+def train(
+    cfg: TrainConfig,
+    build_model: ModelBuilder | None = None,
+    data: tuple[Sequence[np.ndarray], Sequence[np.ndarray], str] | None = None,
+) -> dict:
+    """Train (or resume) the run in ``cfg.out``; returns the last log and validation records.
+
+    ``data`` = (train images, held-out images, description) replaces loading from
+    ``cfg.data``/``cfg.images``. Exports ``final.safetensors`` once all steps are done.
+    """
+    t_start = time.monotonic()
+    rank, world, device = _setup_distributed(cfg.device)
+    is_main = rank == 0
+    out_dir = Path(cfg.out)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    train_imgs, val_imgs, data_desc = data if data is not None else load_data(cfg)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = (build_model or default_builder)(cfg.quantizer, cfg.N, cfg.M).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    main_params, aux_params = split_parameters(model)
+    opt = torch.optim.Adam(main_params, lr=cfg.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+    sampler = CropSampler(train_imgs, cfg.crop, device, cfg.min_scale, (cfg.seed, rank))
+    val_crops = center_crops(val_imgs, cfg.crop, device) if is_main else None
+
+    step, elapsed_before = 0, 0.0
+    _seed_everything(cfg.seed, rank, 0)
+    if cfg.resume and checkpoint_exists(out_dir):
+        state = load_checkpoint(out_dir)
+        for key in ("quantizer", "N", "M", "lmbda"):
+            if state["config"][key] != getattr(cfg, key):
+                raise ValueError(f"checkpoint in {out_dir} has {key}={state['config'][key]!r}, "
+                                 f"this run {getattr(cfg, key)!r}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        aux_opt.load_state_dict(state["aux_optimizer"])
+        step, elapsed_before = state["step"], state["elapsed_s"]
+        if len(state["rng"]) == world:
+            _set_rng_state(state["rng"][rank], sampler, device)
+        else:  # another world size: fresh streams, same result up to data order
+            _seed_everything(cfg.seed, rank, step)
+            sampler.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rank, step]))
+
+    net: nn.Module = model
+    if world > 1:
+        aux_names = [n for n, p in model.named_parameters() if n.endswith(".quantiles")]
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, aux_names)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    end = min(cfg.steps, cfg.stop_step or cfg.steps)
+    drop_step = int(cfg.lr_drop_at * cfg.steps)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16
+                else contextlib.nullcontext())
+    log_path = out_dir / "log.jsonl"
+    bar = _progress(end, step, is_main)
+    emit = bar.write if bar is not None else (lambda s: print(s, flush=True))
+    if is_main:
+        emit(f"[train] {data_desc}; {sampler.skipped} smaller than {cfg.crop} px skipped; "
+             f"{len(val_crops)} val crops; device {device} x{world}; start step {step}/{end}")
+
+    def log(record: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        emit(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in record.items()))
+
+    def checkpoint() -> None:
+        rng = [_rng_state(sampler, device)]
+        if world > 1:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if not is_main:
+            return
+        save_checkpoint(out_dir, {
+            "format": 1, "step": step, "elapsed_s": elapsed_before + time.monotonic() - t_loop,
+            "config": dataclasses.asdict(cfg), "data": data_desc,
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "model": model.state_dict(),
+            "optimizer": _compact_optimizer_state(
+                opt.state_dict(), getattr(torch, cfg.ckpt_moments)),
+            "aux_optimizer": aux_opt.state_dict(),
+            "rng": rng, "world_size": world,
+        })
+
+    sums = torch.zeros(5, device=device)
+    t_loop = t_last_ckpt = t_last_log = time.monotonic()
+    last_log_step, last_record, last_val = step, {}, {}
+    check_every = 1 if world == 1 else 20
+    model.train()
+    while step < end:
+        lr = cfg.lr * (0.1 if step >= drop_step else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = sampler.sample(cfg.batch)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = net(x)
+        bpp, mse = rd_terms(out, x)
+        loss = cfg.lmbda * 255.0**2 * mse + bpp
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            nn.utils.clip_grad_norm_(main_params, cfg.clip)
+        opt.step()
+        aux_loss = model.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        if world > 1:
+            for p in aux_params:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        aux_opt.step()
+        step += 1
+        sums += torch.stack([loss.detach(), bpp.detach(), mse.detach(),
+                             -10.0 * torch.log10(mse.detach()), aux_loss.detach()])
+        if bar is not None:
+            bar.update(1)
+
+        if is_main and (step % cfg.log_every == 0 or step == end):
+            loss_s, bpp_s, mse_s, psnr_s, aux_s = (sums / (step - last_log_step)).tolist()
+            now = time.monotonic()
+            last_record = {
+                "step": step, "images_per_s": (step - last_log_step) * cfg.batch * world
+                / (now - t_last_log), "loss": loss_s, "bpp": bpp_s, "mse": mse_s,
+                "psnr": psnr_s, "aux": aux_s, "lr": lr,
+                "elapsed_s": elapsed_before + now - t_loop,
+            }
+            log(last_record)
+            sums.zero_()
+            last_log_step, t_last_log = step, now
+        if is_main and cfg.val_every and step % cfg.val_every == 0 and step < end:
+            last_val = {"step": step, **evaluate(model, val_crops, cfg.batch, cfg.channels_last)}
+            log(last_val)
+            t_last_log = time.monotonic()
+
+        if step % check_every == 0 and step < end:
+            now = time.monotonic()
+            flags = torch.tensor(
+                [now - t_last_ckpt >= cfg.ckpt_minutes * 60,
+                 cfg.max_minutes is not None and now - t_start >= cfg.max_minutes * 60],
+                device=device)
+            if world > 1:
+                dist.broadcast(flags, src=0)
+            want_ckpt, time_up = flags.tolist()
+            if time_up:
+                break
+            if want_ckpt:
+                checkpoint()
+                t_last_ckpt = time.monotonic()
+                t_last_log = t_last_ckpt  # keep images/s about training only
+
+    checkpoint()
+    if step >= cfg.steps and is_main:
+        last_val = {"step": step, **evaluate(model, val_crops, cfg.batch, cfg.channels_last)}
+        log(last_val)
+        export_weights(load_checkpoint(out_dir), out_dir / EXPORT_NAME, {},
+                       build_model=build_model)
+        emit(f"[train] done: {out_dir / EXPORT_NAME}")
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"step": step, "log": last_record, "val": last_val}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def config_fields() -> list[tuple[dataclasses.Field, type, bool]]:
+    """(field, scalar type, is_list) per config field, for argparse and click alike."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = []
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        is_list = typing.get_origin(hint) is list
+        if is_list:
+            (scalar,) = typing.get_args(hint)
+        elif isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            (scalar,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        else:
+            scalar = hint
+        fields.append((f, scalar, is_list))
+    return fields
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Config from the command line (argparse: the GPU machine may lack click)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lsq.models.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f, scalar, is_list in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = [] if is_list else f.default
+        if scalar is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=scalar, default=default, nargs="+" if is_list else None,
+                                help=f.metadata["help"])
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Training plumbing on CPU with a tiny model: shards, loss, checkpoint/resume, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from compressai.models import MeanScaleHyperprior
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lsq.models import train as tr
+from lsq.models.shards import (
+    iter_shard_files,
+    load_folder_images,
+    load_images,
+    pack_shards,
+    unpack_shards,
+)
+
+TRAIN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
+
+
+def tiny_model(quantizer: str, N: int, M: int) -> MeanScaleHyperprior:
+    return MeanScaleHyperprior(N, M)
+
+
+def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A learnable image: low-frequency colour field plus a little noise."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    f = rng.uniform(1, 4, size=(3, 2))
+    img = np.stack([np.sin(f[c, 0] * 6 * yy + f[c, 1] * 4 * xx) for c in range(3)], -1)
+    img = 127.5 * (img + 1) + rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_dirs(tmp_path_factory) -> list[Path]:
+    """Two folders of small JPEG/PNG images, plus three real training JPEGs if present."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    dirs = [root / "alpha", root / "beta"]
+    for d in dirs:
+        (d / "sub").mkdir(parents=True)
+    for i in range(12):
+        h, w = (int(rng.integers(80, 120)), int(rng.integers(80, 120)))
+        Image.fromarray(smooth_image(rng, h, w)).save(dirs[0] / f"a{i:02d}.jpg", quality=90)
+    for i in range(5):
+        Image.fromarray(smooth_image(rng, 96, 100)).save(dirs[1] / "sub" / f"b{i}.png")
+    real = sorted((TRAIN_DATA / "bsds500").glob("*.jpg"))[:3]
+    for p in real:
+        (dirs[1] / p.name).write_bytes(p.read_bytes())
+    return dirs
+
+
+def test_shards_round_trip(image_dirs, tmp_path):
+    files = sorted(p for d in image_dirs for p in d.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    max_bytes = total // 3 + 4096
+    shards = pack_shards(image_dirs, tmp_path / "shards", max_bytes=max_bytes, val_every=5)
+    assert len(shards) >= 3
+    assert all(p.stat().st_size <= max_bytes for p in shards)
+    assert sum(p.stat().st_size for p in shards) < total + 4096 * len(shards)  # bytes, not pixels
+
+    names = [name for name, _ in iter_shard_files(tmp_path / "shards")]
+    assert names == sorted(names) and len(names) == len(files)
+    for name, blob in iter_shard_files(tmp_path / "shards"):
+        folder, rel = name.split("/", 1)
+        assert blob == (image_dirs[0].parent / folder / rel).read_bytes()
+
+    assert unpack_shards(tmp_path / "shards", tmp_path / "back") == len(files)
+    assert (tmp_path / "back" / "beta" / "sub" / "b0.png").read_bytes() == (
+        image_dirs[1] / "sub" / "b0.png").read_bytes()
+
+    train, val = load_images(tmp_path / "shards"), load_images(tmp_path / "shards", "val")
+    assert len(val) == (len(files) + 4) // 5 and len(train) + len(val) == len(files)
+    assert all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in train + val)
+    # The same split straight from the folders, pixel for pixel.
+    direct = load_folder_images(image_dirs, "val", val_every=5)
+    assert all(np.array_equal(a, b) for a, b in zip(direct, val, strict=True))
+    png = np.asarray(Image.open(image_dirs[1] / "sub" / "b0.png").convert("RGB"))
+    assert any(np.array_equal(png, a) for a in train + val)
+
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_shards(image_dirs, tmp_path / "small", max_bytes=1000)
+
+
+def test_crop_sampler_shapes_and_determinism():
+    rng = np.random.default_rng(1)
+    images = [smooth_image(rng, 90, 140), smooth_image(rng, 70, 70), smooth_image(rng, 40, 200)]
+    a = tr.CropSampler(images, 64, torch.device("cpu"), 0.5, (3, 0))
+    b = tr.CropSampler(images, 64, torch.device("cpu"), 0.5, (3, 0))
+    assert a.skipped == 1  # the 40-pixel-high image cannot hold a 64x64 crop
+    xa, xb = a.sample(8), b.sample(8)
+    assert xa.shape == (8, 3, 64, 64) and xa.dtype == torch.float32
+    assert torch.equal(xa, xb) and 0.0 <= xa.min() and xa.max() <= 1.0
+    state = a.get_state()
+    nxt = a.sample(8)
+    a.set_state(state)
+    assert torch.equal(a.sample(8), nxt) and not torch.equal(nxt, xa)
+
+
+def tiny_config(out: Path, **kw) -> tr.TrainConfig:
+    base = dict(
+        out=str(out), steps=12, N=8, M=24, batch=4, crop=64, lr=3e-3, lmbda=0.01,
+        log_every=4, val_every=0, device="cpu", ckpt_moments="float32", quality=1,
+    )
+    base.update(kw)
+    return tr.TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data(image_dirs):
+    return (load_folder_images(image_dirs, "train", 5), load_folder_images(image_dirs, "val", 5),
+            "test images")
+
+
+def test_loss_falls(data, tmp_path):
+    tr.train(tiny_config(tmp_path, steps=40, log_every=10), tiny_model, data)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [10, 20, 30, 40]
+    assert steps[-1]["loss"] < 0.7 * steps[0]["loss"]
+    assert all(r["images_per_s"] > 0 and r["bpp"] > 0 for r in steps)
+    val = [r for r in log if "val_psnr" in r]
+    assert len(val) == 1 and val[0]["val_images"] == len(data[1])
+
+
+def test_resume_matches_uninterrupted_run(data, tmp_path):
+    whole = tmp_path / "whole"
+    tr.train(tiny_config(whole), tiny_model, data)
+    split = tmp_path / "split"
+    first = tr.train(tiny_config(split, stop_step=5), tiny_model, data)
+    assert first["step"] == 5 and not (split / tr.EXPORT_NAME).exists()
+    parts = list(split.glob("ckpt-*.bin"))
+    assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)
+    second = tr.train(tiny_config(split), tiny_model, data)
+    assert second["step"] == 12
+
+    a, b = tr.load_checkpoint(whole), tr.load_checkpoint(split)
+    assert a["step"] == b["step"] == 12
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert second["val"] == pytest.approx(tr.train(tiny_config(whole), tiny_model, data)["val"])
+
+
+def test_checkpoint_parts_and_compact_moments(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "CKPT_PART_BYTES", 100_000)
+    model = tiny_model("scalar", 8, 24)
+    main, _ = tr.split_parameters(model)
+    opt = torch.optim.Adam(main)
+    model(torch.rand(1, 3, 64, 64))["x_hat"].mean().backward()
+    opt.step()
+    state = {"step": 3, "model": model.state_dict(),
+             "optimizer": tr._compact_optimizer_state(opt.state_dict(), torch.bfloat16)}
+    first = tr.save_checkpoint(tmp_path, state)
+    second = tr.save_checkpoint(tmp_path, state)  # same step again must not clobber
+    assert len(first) > 1 and all(p.stat().st_size <= 100_000 for p in second)
+    assert sorted(tmp_path.glob("ckpt-*.bin")) == sorted(second)
+    back = tr.load_checkpoint(tmp_path)
+    assert all(torch.equal(v, back["model"][k]) for k, v in state["model"].items())
+    key = min(back["optimizer"]["state"])
+    assert back["optimizer"]["state"][key]["exp_avg"].dtype == torch.bfloat16
+    opt2 = torch.optim.Adam(tr.split_parameters(tiny_model("scalar", 8, 24))[0])
+    opt2.load_state_dict(back["optimizer"])
+    restored = opt2.state_dict()["state"][key]["exp_avg_sq"]
+    assert restored.dtype == torch.float32
+    torch.testing.assert_close(restored, opt.state_dict()["state"][key]["exp_avg_sq"],
+                               rtol=1e-2, atol=0)
+    second[0].write_bytes(b"x" + second[0].read_bytes()[1:])
+    with pytest.raises(ValueError, match="damaged"):
+        tr.load_checkpoint(tmp_path)
+
+
+def test_export_reloads_with_identical_outputs(data, tmp_path):
+    tr.train(tiny_config(tmp_path, steps=6), tiny_model, data)
+    ckpt = tr.load_checkpoint(tmp_path)
+    trained = tiny_model("scalar", 8, 24)
+    trained.load_state_dict(ckpt["model"])
+    trained.update(force=True)
+    trained.eval()
+    x = torch.rand(1, 3, 64, 64)
+
+    exact = tr.export_weights(ckpt, tmp_path / "fp32.safetensors", {"name": "t"}, tiny_model,
+                              half=False)
+    with safe_open(str(exact), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+    assert set(tr.EXPORT_META_KEYS) <= set(meta)
+    assert meta["name"] == "t" and meta["steps"] == 6 and meta["N"] == 8 and meta["quality"] == 1
+    fresh = tiny_model("scalar", 8, 24)
+    fresh.load_state_dict(load_file(str(exact)))
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x)["x_hat"], trained(x)["x_hat"])
+    assert fresh.compress(x)["strings"] == trained.compress(x)["strings"]
+
+    half = tiny_model("scalar", 8, 24)
+    sd = load_file(str(tmp_path / tr.EXPORT_NAME))  # the one train() wrote, fp16 where safe
+    assert sd["g_s.0.weight"].dtype == torch.float16
+    assert torch.equal(sd["entropy_bottleneck._quantized_cdf"],
+                       trained.state_dict()["entropy_bottleneck._quantized_cdf"])
+    half.load_state_dict(sd)
+    half.eval()
+    enc = half.compress(x)
+    dec = half.decompress(enc["strings"], enc["shape"])["x_hat"]
+    with torch.no_grad():
+        torch.testing.assert_close(dec, half(x)["x_hat"].clamp(0, 1), atol=0.05, rtol=0)
+        torch.testing.assert_close(half(x)["x_hat"], trained(x)["x_hat"], atol=0.02, rtol=0)
+
+
+def test_command_line_parsing():
+    cfg = tr.parse_args(["--quantizer", "leech", "--lmbda", "0.0067", "--steps", "10",
+                         "--out", "o", "--images", "a", "b", "--N", "64", "--no-resume",
+                         "--max-minutes", "25", "--bf16"])
+    assert (cfg.quantizer, cfg.lmbda, cfg.steps, cfg.images, cfg.N, cfg.M) == (
+        "leech", 0.0067, 10, ["a", "b"], 64, 192)
+    assert cfg.resume is False and cfg.bf16 is True and cfg.max_minutes == 25.0
+    assert cfg.data is None and tr.parse_args([]).images == []
