@@ -401,6 +401,40 @@ def export_weights(
 # ----------------------------------------------------------------------------- training
 
 
+def train_step(
+    net: nn.Module, model: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer,
+    aux_opt: torch.optim.Optimizer, cfg: TrainConfig,
+    autocast: contextlib.AbstractContextManager, distributed: bool = False,
+) -> torch.Tensor:
+    """One step of both optimizers; returns [loss, bpp, mse, psnr, aux] (no host sync).
+
+    ``net`` is ``model`` or its DDP wrapper; the aux loss goes through ``model`` and its
+    gradients are averaged by hand, since DDP ignores the '.quantiles' parameters.
+    """
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        out = net(x)
+    bpp, mse = rd_terms(out, x)
+    loss = cfg.lmbda * 255.0**2 * mse + bpp
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip > 0:
+        nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip)
+    opt.step()
+    aux_loss = model.aux_loss()
+    aux_opt.zero_grad(set_to_none=True)
+    aux_loss.backward()
+    if distributed:
+        for g in aux_opt.param_groups:
+            for p in g["params"]:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+    aux_opt.step()
+    mse = mse.detach()
+    return torch.stack([loss.detach(), bpp.detach(), mse, -10.0 * torch.log10(mse),
+                        aux_loss.detach()])
+
+
 def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -526,27 +560,8 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         x = sampler.sample(cfg.batch)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            out = net(x)
-        bpp, mse = rd_terms(out, x)
-        loss = cfg.lmbda * 255.0**2 * mse + bpp
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(main_params, cfg.clip)
-        opt.step()
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        if world > 1:
-            for p in aux_params:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
-        aux_opt.step()
+        sums += train_step(net, model, x, opt, aux_opt, cfg, autocast, world > 1)
         step += 1
-        sums += torch.stack([loss.detach(), bpp.detach(), mse.detach(),
-                             -10.0 * torch.log10(mse.detach()), aux_loss.detach()])
         if bar is not None:
             bar.update(1)
 

@@ -220,3 +220,26 @@ def test_command_line_parsing():
         "leech", 0.0067, 10, ["a", "b"], 64, 192)
     assert cfg.resume is False and cfg.bf16 is True and cfg.max_minutes == 25.0
     assert cfg.data is None and tr.parse_args([]).images == []
+
+
+def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
+    from click.testing import CliRunner
+
+    from lsq.cli.train import pack_shards as pack_cmd
+    from lsq.cli.train import train as train_cmd
+
+    runner = CliRunner()
+    shards = tmp_path / "shards"
+    res = runner.invoke(pack_cmd, [*map(str, image_dirs), "-o", str(shards)])
+    assert res.exit_code == 0, res.output
+    assert "shard-0000.lsqshard" in res.output
+    out = tmp_path / "run"
+    res = runner.invoke(train_cmd, [
+        "--quantizer", "scalar", "--data", str(shards), "--out", str(out), "--steps", "2",
+        "--N", "8", "--M", "24", "--batch", "2", "--crop", "64", "--log-every", "1",
+        "--device", "cpu", "--quality", "3", "--name", "tiny"])
+    assert res.exit_code == 0, res.output
+    with safe_open(str(out / tr.EXPORT_NAME), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+    assert (meta["name"], meta["family"], meta["quality"]) == ("tiny", "scalar", 3)
+    assert meta["steps"] == 2 and meta["data"].startswith(f"shards {shards}")

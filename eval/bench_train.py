@@ -1,0 +1,92 @@
+"""Training throughput: images/s of the crop sampler alone and of full training steps.
+
+    python -m lsq.eval.bench_train --quantizer scalar --batch 16 --steps 50 [--data SHARDS]
+
+Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
+Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsq.models.shards import load_images
+from lsq.models.train import (
+    CropSampler,
+    TrainConfig,
+    default_builder,
+    split_parameters,
+    train_step,
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Warm up, then time ``args.steps`` sampler calls and training steps."""
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.data:
+        images = load_images(args.data, "train")
+    else:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(64)]
+    sampler = CropSampler(images, args.crop, device, 0.5, (0, 0))
+    torch.manual_seed(0)
+    model: nn.Module = default_builder(args.quantizer, args.N, args.M).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    main, aux = split_parameters(model)
+    opt, aux_opt = torch.optim.Adam(main, lr=1e-4), torch.optim.Adam(aux, lr=1e-3)
+    cfg = TrainConfig(batch=args.batch, crop=args.crop, channels_last=args.channels_last)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
+                else contextlib.nullcontext())
+
+    def step() -> None:
+        train_step(model, model, sampler.sample(args.batch), opt, aux_opt, cfg, autocast)
+
+    results = {}
+    for name, fn in (("sampler", lambda: sampler.sample(args.batch)), ("train_step", step)):
+        for _ in range(args.warmup):
+            fn()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        _sync(device)
+        results[name] = args.steps * args.batch / (time.perf_counter() - t)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_train", description=__doc__)
+    parser.add_argument("--quantizer", default="scalar")
+    parser.add_argument("--N", type=int, default=128)
+    parser.add_argument("--M", type=int, default=192)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--data", help="shard folder; default: synthetic images")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args(argv)
+    results = bench(args)
+    print(f"{args.quantizer} N={args.N} M={args.M} batch={args.batch} crop={args.crop} "
+          f"bf16={args.bf16} channels_last={args.channels_last}: "
+          + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()
