@@ -1,0 +1,269 @@
+"""Evaluation pipeline: metrics, Pillow baselines, RD engine, BD-rate, plots and CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from compressai.utils.plot.__main__ import parse_json_file
+from PIL import Image
+
+from lsq.cli import evaluate
+from lsq.cli.evaluate import bdrate_cmd, eval_cmd, plot_cmd
+from lsq.eval import metrics, rd
+from lsq.eval.baselines import BASELINES
+from lsq.eval.bdrate import bd_rate, bd_table, format_markdown
+from lsq.eval.plot import plot_rd
+
+KODAK = Path("/work/shared/data/kodak")
+CROP = 176  # smallest convenient size above MS-SSIM's 160-pixel minimum
+
+pytestmark = pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak not present")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """MS-SSIM on tiny crops is slower with a thread pool on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two CROPxCROP crops of kodim01/kodim02, written as PNG into a temporary dataset."""
+    root = tmp_path_factory.mktemp("kodak_crops")
+    for i in (1, 2):
+        with Image.open(KODAK / f"kodim{i:02d}.png") as im:
+            im.convert("RGB").crop((200, 100, 200 + CROP, 100 + CROP)).save(root / f"k{i}.png")
+    return root
+
+
+def _ref_images(root: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p).convert("RGB")) for p in sorted(root.glob("*.png"))}
+
+
+class CountingCodec:
+    """Fake codec: stores the image raw minus a quantization step; counts encode calls."""
+
+    name = "fake"
+    description = "test double"
+    qualities = (2, 8, 32)
+
+    def __init__(self) -> None:
+        self.encode_calls = 0
+
+    def encode(self, rgb: np.ndarray, quality: int) -> bytes:
+        self.encode_calls += 1
+        header = np.array([rgb.shape[0], rgb.shape[1], quality], dtype=np.uint16).tobytes()
+        return header + (rgb // quality).astype(np.uint8).tobytes()
+
+    def decode(self, data: bytes) -> np.ndarray:
+        h, w, q = np.frombuffer(data[:6], dtype=np.uint16)
+        body = np.frombuffer(data[6:], dtype=np.uint8).reshape(h, w, 3)
+        return (body.astype(np.int32) * q + q // 2).clip(0, 255).astype(np.uint8)
+
+
+def test_metrics_known_values() -> None:
+    a = np.zeros((200, 200, 3), dtype=np.uint8)
+    b = a.copy()
+    b[..., 0] = 10  # MSE = 100 / 3
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.psnr(a, b) == pytest.approx(10 * math.log10(255**2 / (100 / 3)))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    assert metrics.ms_ssim(x, x) == pytest.approx(1.0)
+    assert math.isnan(metrics.ms_ssim(x[:64, :64], x[:64, :64]))
+    assert metrics.bpp(96, 32 * 24) == 1.0
+    with pytest.raises(ValueError):
+        metrics.psnr(a.astype(np.float32), b)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_engine_matches_independent_recomputation(name: str, crops: Path, tmp_path: Path) -> None:
+    full = BASELINES[name]
+    if not full.available():
+        pytest.skip(full.unavailable_reason())
+    # Lowest, middle and highest point of the real sweep keep the test fast.
+    qs = full.qualities
+    codec = replace(full, qualities=(qs[0], qs[len(qs) // 2], qs[-1]))
+    summary = rd.evaluate(crops, [codec], tmp_path, progress=False)
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    assert summary.written == [tmp_path / f"{name}.json"]
+    res = data["results"]
+    assert data["num_images"] == 2 and len(res["bpp"]) == len(codec.qualities)
+    assert res["bpp"] == sorted(res["bpp"])
+    refs = _ref_images(crops)
+    for q, bpp_json, psnr_json in zip(res["quality"], res["bpp"], res["psnr-rgb"], strict=True):
+        bpps, psnrs = [], []
+        for ref in refs.values():
+            blob = codec.encode(ref, q)
+            rec = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.float64)
+            bpps.append(len(blob) * 8 / (ref.shape[0] * ref.shape[1]))
+            psnrs.append(10 * np.log10(255**2 / np.mean((rec - ref) ** 2)))
+        assert bpp_json == pytest.approx(np.mean(bpps), rel=1e-12)
+        assert psnr_json == pytest.approx(np.mean(psnrs), rel=1e-9)
+    assert all(0 < v < 1 for v in res["ms-ssim"])
+
+
+def test_results_read_by_compressai_plot_loader(crops: Path, tmp_path: Path) -> None:
+    rd.evaluate(crops, [CountingCodec()], tmp_path, progress=False)
+    path = tmp_path / "fake.json"
+    data = json.loads(path.read_text())
+    assert {"name", "description", "results"} <= data.keys()
+    assert {
+        "bpp",
+        "psnr-rgb",
+        "ms-ssim-rgb",
+        "ms-ssim",
+        "ms-ssim-db",
+        "encoding_time",
+        "decoding_time",
+        "quality",
+    } <= data["results"].keys()
+    psnr = parse_json_file(path, "psnr")
+    assert psnr["name"] == "fake" and psnr["xs"] == data["results"]["bpp"]
+    assert psnr["ys"] == data["results"]["psnr-rgb"]
+    msssim = parse_json_file(path, "ms-ssim")
+    np.testing.assert_allclose(msssim["ys"], data["results"]["ms-ssim-db"])
+    for ref in rd.load_references():
+        assert ref["reference"] and ref["source"]["license"]
+        assert ref["results"]["bpp"] == sorted(ref["results"]["bpp"])
+
+
+def test_resume_from_cache_does_not_recompute(crops: Path, tmp_path: Path) -> None:
+    codec = CountingCodec()
+    rd.evaluate(crops, [codec], tmp_path, progress=False)
+    assert codec.encode_calls == 6
+    first = (tmp_path / "fake.json").read_text()
+    rd.evaluate(crops, [codec], tmp_path, progress=False)
+    assert codec.encode_calls == 6
+    assert (tmp_path / "fake.json").read_text() == first
+    # Interrupted run: last record missing and a torn line at the end of the cache.
+    cache = tmp_path / ".cache" / "fake.jsonl"
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:-1]) + '\n{"codec": "fake", "qual')
+    rd.evaluate(crops, [codec], tmp_path, progress=False)
+    assert codec.encode_calls == 7
+    assert json.loads((tmp_path / "fake.json").read_text())["results"]["bpp"] == pytest.approx(
+        json.loads(first)["results"]["bpp"]
+    )
+
+
+def test_parallel_jobs_equal_serial(crops: Path, tmp_path: Path) -> None:
+    codec = replace(BASELINES["jpeg-420"], qualities=(10, 50, 90))
+    rd.evaluate(crops, [codec], tmp_path / "serial", jobs=1, progress=False)
+    rd.evaluate(crops, [codec], tmp_path / "parallel", jobs=2, progress=False)
+    serial = json.loads((tmp_path / "serial" / "jpeg-420.json").read_text())["results"]
+    parallel = json.loads((tmp_path / "parallel" / "jpeg-420.json").read_text())["results"]
+    for key in ("quality", "bpp", "psnr-rgb", "ms-ssim"):
+        assert parallel[key] == serial[key]
+
+
+def _curve(name: str, bpp: list[float], psnr: list[float]) -> dict:
+    return {"name": name, "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-db": psnr}}
+
+
+def test_bdrate_self_zero_shift_and_no_overlap() -> None:
+    bpp = [0.12, 0.25, 0.5, 0.9, 1.6]
+    psnr = [27.0, 29.5, 32.0, 34.8, 37.9]
+    assert abs(bd_rate(bpp, psnr, bpp, psnr)) < 1e-9
+    # Same quality at 90% of the rate everywhere: exactly -10 %.
+    assert bd_rate(bpp, psnr, [0.9 * b for b in bpp], psnr) == pytest.approx(-10.0, abs=1e-9)
+    assert math.isnan(bd_rate(bpp, psnr, bpp, [p + 20 for p in psnr]))
+    # A saturated point (no PSNR gain) is dropped instead of breaking the interpolation.
+    assert abs(bd_rate(bpp, psnr, [*bpp, 2.0], [*psnr, 37.9])) < 1e-9
+    rows = bd_table(
+        [_curve("a", bpp, psnr), _curve("far", bpp, [p + 20 for p in psnr])], "a", ["psnr"]
+    )
+    table = format_markdown(rows, "a", ["psnr"])
+    assert "| a | +0.00 |" in table and "| far | n/a |" in table
+
+
+def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    registry = types.ModuleType("lsq.models.registry")
+    registry.list_models = lambda: [  # type: ignore[attr-defined]
+        {"name": "leech-q6", "family": "leech", "quality": 6, "lmbda": 0.05},
+        {"name": "scalar-q1", "family": "scalar", "quality": 1, "lmbda": 0.01},
+        {"name": "leech-q2", "family": "leech", "quality": 2, "lmbda": 0.002},
+    ]
+    image_codec = types.ModuleType("lsq.models.image_codec")
+
+    def encode_image(img: Image.Image, model: str, quality: int | None = None, device="cpu"):
+        calls.append(("enc", f"{model}@{quality}"))
+        return model.encode() + b"|" + img.tobytes()
+
+    def decode_image(data: bytes, device: str = "cpu") -> Image.Image:
+        calls.append(("dec", device))
+        return Image.frombytes("RGB", (4, 2), data.split(b"|", 1)[1])
+
+    image_codec.encode_image = encode_image  # type: ignore[attr-defined]
+    image_codec.decode_image = decode_image  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lsq.models.registry", registry)
+    monkeypatch.setitem(sys.modules, "lsq.models.image_codec", image_codec)
+
+    (codec,) = rd.resolve_codecs(["lsq:leech"])
+    assert codec.name == "lsq-leech" and codec.available() and codec.qualities == (2, 6)
+    rgb = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    assert codec.encode(rgb, 2).startswith(b"leech-q2|")
+    np.testing.assert_array_equal(codec.decode(codec.encode(rgb, 6)), rgb)
+    assert calls == [("enc", "leech-q2@2"), ("enc", "leech-q6@6"), ("dec", "cpu")]
+    (single,) = rd.resolve_codecs(["lsq:scalar-q1"])
+    assert single.qualities == (1,)
+    missing = rd.LsqCodec("nope")
+    assert not missing.available() and "nope" in missing.unavailable_reason()
+
+
+def test_plot_writes_png_and_svg(tmp_path: Path) -> None:
+    curves = [_curve("a", [0.1, 0.5, 1.0], [28.0, 32.0, 35.0])]
+    paths = plot_rd(curves, tmp_path / "rd.png", references=rd.load_references())
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"bmshj2018-hyperprior (CompressAI published)" in paths[1].read_bytes()
+
+
+def test_cli_success_and_error_paths(crops: Path, tmp_path: Path) -> None:
+    # cli/main.py looks the commands up by these attribute names.
+    assert (evaluate.eval, evaluate.plot, evaluate.bdrate) == (eval_cmd, plot_cmd, bdrate_cmd)
+    assert [c.name for c in (eval_cmd, plot_cmd, bdrate_cmd)] == ["eval", "plot", "bdrate"]
+    runner = CliRunner()
+    out = tmp_path / "res"
+
+    def run(cmd, args: list[str]):
+        result = runner.invoke(cmd, args)
+        assert "Traceback" not in result.output
+        return result
+
+    args = ["--dataset", str(crops), "--codecs", "jpeg2000", "--out", str(out), "--limit", "1"]
+    ok = run(eval_cmd, args)
+    assert ok.exit_code == 0 and json.loads((out / "jpeg2000.json").read_text())["num_images"] == 1
+    table = run(bdrate_cmd, [str(out), "--anchor", "jpeg2000", "--metric", "psnr"])
+    assert table.exit_code == 0 and "| jpeg2000 | +0.00 |" in table.output
+    plotted = run(plot_cmd, [str(out), "-o", str(tmp_path / "p.png")])
+    assert plotted.exit_code == 0 and (tmp_path / "p.svg").exists()
+
+    errors = [
+        (eval_cmd, ["--dataset", str(tmp_path / "none"), "--out", str(out)], "not found"),
+        (eval_cmd, ["--dataset", str(crops), "--codecs", "gif", "--out", str(out)], "unknown"),
+        (eval_cmd, ["--dataset", str(crops), "--codecs", "lsq:nope", "--out", str(out)], "nope"),
+        (plot_cmd, [str(tmp_path / "empty_missing"), "-o", str(tmp_path / "x.png")], "not found"),
+        (plot_cmd, [str(crops), "-o", str(tmp_path / "x.png")], "no results"),
+        (plot_cmd, [str(out), "-o", str(tmp_path / "x.pdf")], ".png"),
+        (bdrate_cmd, [str(out), "--anchor", "vvc"], "anchor 'vvc'"),
+    ]
+    for cmd, args, needle in errors:
+        result = run(cmd, args)
+        assert result.exit_code != 0, args
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith("Error:") and needle in last, result.output
