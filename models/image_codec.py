@@ -1,0 +1,310 @@
+"""Glue between Pillow images and the models: mode handling, padding, tiling, `.lsq` files.
+
+Modes: the networks code 8-bit RGB only, so other inputs are mapped and the mapping is
+recorded in the header flags (and in `EncodeReport.notes`):
+
+- L and 1 are coded as RGB and restored as L (LA as LA).
+- P (palette) is expanded to RGB (RGBA if it has transparency) and decoded as RGB(A):
+  the palette itself is not restored.
+- Alpha (RGBA, LA, PA, P with transparency) is kept losslessly: the 8-bit alpha plane,
+  zlib-compressed, is an extra last section; decode restores RGBA or LA.
+- 16-bit (I;16*, I, 16-bit RGB PNG) is reduced to 8 bits (v * 255 / 65535, rounded);
+  F (float) is clipped to 0..255. Decoded as 8-bit L or RGB.
+- CMYK, YCbCr, LAB, HSV and other modes are converted to RGB by Pillow.
+- Animated images: only the first frame is coded. EXIF orientation is applied.
+
+Size: any image from 1x1 to 65535 per side. The image is cut into tiles of `tile` pixels
+(default 1024, so Kodak-sized images are one tile); each tile is padded to a multiple of
+64 by replicating its edge, coded independently (its own y and z sections) and cropped on
+decode, so peak memory depends on the tile size, not on the image size.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from lsq.codec.bitstream import (
+    FLAG_ALPHA,
+    FLAG_COLOR_CONVERTED,
+    FLAG_DEPTH_REDUCED,
+    FLAG_FRAMES_DROPPED,
+    FLAG_GRAY,
+    FLAG_PALETTE,
+    MAX_SIDE,
+    BitstreamError,
+    Header,
+    pack,
+    unpack,
+)
+from lsq.models import registry
+
+LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
+DEFAULT_TILE = 1024
+
+
+class ImageCodecError(ValueError):
+    """The input image cannot be coded (empty, too large, unsupported mode)."""
+
+
+class DeviceError(ValueError):
+    """The requested torch device does not exist on this machine."""
+
+
+@dataclass
+class EncodeReport:
+    """What the encoder did, for the CLI to show: model, sizes and every lossy conversion."""
+
+    model: str
+    quality: int
+    width: int
+    height: int
+    mode: str
+    tiles: int
+    nbytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the whole file, header included."""
+        return self.nbytes * 8 / (self.width * self.height)
+
+
+def check_device(device: str) -> torch.device:
+    """Parse a device string; refuse CUDA when it is absent instead of failing mid-way."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {device!r}; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unsupported device {device!r}; use cpu or cuda")
+    return dev
+
+
+def _is_16bit_rgb(img: Image.Image) -> bool:
+    """Pillow silently opens 16-bit RGB PNGs as 8-bit RGB; its raw mode still tells."""
+    for tile in getattr(img, "tile", None) or []:
+        args = tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
+
+
+def _to_8bit(img: Image.Image) -> np.ndarray:
+    """High-bit-depth grayscale to 8 bits: integers scale 0..65535, floats clip 0..255."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        return np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+    arr = np.clip(arr.astype(np.int64), 0, 65535)
+    return ((arr * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, list[str]]:
+    """Map any Pillow image to (RGB uint8 HxWx3, alpha uint8 HxW or None, flags, notes)."""
+    flags = 0
+    notes: list[str] = []
+    if _is_16bit_rgb(img) and img.mode in ("RGB", "RGBA"):
+        flags |= FLAG_DEPTH_REDUCED
+        notes.append("16-bit reduced to 8-bit")
+    if getattr(img, "n_frames", 1) > 1:
+        flags |= FLAG_FRAMES_DROPPED
+        notes.append(f"animated image: only the first of {img.n_frames} frames coded")
+    transposed = ImageOps.exif_transpose(img)
+    if transposed is not img and transposed.size != img.size:
+        notes.append("EXIF orientation applied")
+    img = transposed
+    if img.info.get("icc_profile"):
+        notes.append("ICC profile dropped")
+    mode = img.mode
+    alpha = None
+    if mode in ("1", "L"):
+        flags |= FLAG_GRAY
+        gray = np.asarray(img.convert("L"))
+    elif mode in ("LA", "La"):
+        flags |= FLAG_GRAY
+        la = np.asarray(img.convert("LA"))
+        gray, alpha = la[..., 0], la[..., 1]
+    elif mode.startswith("I") or mode == "F":
+        flags |= FLAG_GRAY | FLAG_DEPTH_REDUCED
+        notes.append(
+            "16-bit reduced to 8-bit" if mode != "F" else "32-bit float clipped to 8-bit"
+        )
+        gray = _to_8bit(img)
+    else:
+        gray = None
+    if gray is not None:
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+        notes.append("grayscale coded as RGB, restored as grayscale")
+    else:
+        if mode in ("P", "PA"):
+            flags |= FLAG_PALETTE
+            notes.append("palette expanded to RGB; decoded as true color")
+            has_alpha = mode == "PA" or "transparency" in img.info
+            img = img.convert("RGBA" if has_alpha else "RGB")
+        elif mode in ("RGBa", "RGBA"):
+            img = img.convert("RGBA")
+        elif mode not in ("RGB", "RGBX"):
+            flags |= FLAG_COLOR_CONVERTED
+            notes.append(f"{mode} converted to RGB")
+            try:
+                img = img.convert("RGB")
+            except ValueError as e:
+                raise ImageCodecError(f"cannot convert mode {mode} to RGB: {e}") from None
+        if img.mode == "RGBA":
+            arr = np.asarray(img)
+            rgb, alpha = np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+        else:
+            rgb = np.asarray(img.convert("RGB"))
+    if alpha is not None:
+        flags |= FLAG_ALPHA
+        notes.append("alpha kept losslessly")
+    return rgb, alpha, flags, notes
+
+
+def _tiles(width: int, height: int, tile: int):
+    """Yield (index, x0, y0, tile width, tile height) in raster order."""
+    cols, rows = math.ceil(width / tile), math.ceil(height / tile)
+    for r in range(rows):
+        for c in range(cols):
+            x0, y0 = c * tile, r * tile
+            yield r * cols + c, x0, y0, min(tile, width - x0), min(tile, height - y0)
+
+
+def _padded(n: int) -> int:
+    return math.ceil(n / LATENT_STRIDE) * LATENT_STRIDE
+
+
+def _latent_shape(tw: int, th: int) -> tuple[int, int]:
+    return _padded(th) // LATENT_STRIDE, _padded(tw) // LATENT_STRIDE
+
+
+def encode_image_report(
+    img: Image.Image,
+    model: str | None = None,
+    quality: int | None = None,
+    device: str = "cpu",
+    tile: int = DEFAULT_TILE,
+) -> tuple[bytes, EncodeReport]:
+    """Encode an image to `.lsq` bytes and report the conversions that were applied."""
+    dev = check_device(device)
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageCodecError(f"empty image ({width}x{height})")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ImageCodecError(f"image {width}x{height} too large: at most {MAX_SIDE} per side")
+    config = registry.resolve(model, quality)
+    name = config["name"]
+    net = registry.load(name, str(dev))
+    mode = img.mode
+    rgb, alpha, flags, notes = normalize(img)
+    height, width = rgb.shape[:2]  # EXIF orientation may have swapped the sides
+    sections: list[bytes] = []
+    shapes: list[tuple[int, ...]] = []
+    with torch.inference_mode():
+        for _, x0, y0, tw, th in _tiles(width, height, tile):
+            block = rgb[y0 : y0 + th, x0 : x0 + tw]
+            block = np.pad(block, ((0, _padded(th) - th), (0, _padded(tw) - tw), (0, 0)), "edge")
+            x = torch.from_numpy(block).to(dev).permute(2, 0, 1)[None].float().div_(255)
+            out = net.compress(x)
+            y_strings, z_strings = out["strings"]
+            shape = tuple(int(d) for d in out["shape"])
+            if shape != _latent_shape(tw, th) or len(y_strings) != 1 or len(z_strings) != 1:
+                raise RuntimeError(f"model returned latent shape {shape}, unexpected")
+            sections += [y_strings[0], z_strings[0]]
+            shapes.append(shape)
+    if alpha is not None:
+        sections.append(zlib.compress(alpha.tobytes(), 9))
+    header = Header(
+        model=name,
+        weights_hash=registry.weights_hash(name),
+        width=width,
+        height=height,
+        mode=mode,
+        flags=flags,
+        quality=int(config["quality"]),
+        tile=tile,
+        latent_shapes=tuple(shapes),
+    )
+    data = pack(header, sections)
+    report = EncodeReport(
+        model=name,
+        quality=header.quality,
+        width=width,
+        height=height,
+        mode=mode,
+        tiles=len(shapes),
+        nbytes=len(data),
+        notes=notes,
+    )
+    return data, report
+
+
+def encode_image(
+    img: Image.Image,
+    model: str | None = None,
+    quality: int | None = None,
+    device: str = "cpu",
+) -> bytes:
+    """Encode an image to `.lsq` bytes with the chosen (or default) shipped model."""
+    return encode_image_report(img, model, quality, device)[0]
+
+
+def _decode_alpha(section: bytes, width: int, height: int) -> np.ndarray:
+    """Inflate the alpha plane, never past width * height bytes."""
+    size = width * height
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(section, size)
+    except zlib.error as e:
+        raise BitstreamError(f"corrupt alpha section ({e})") from None
+    if len(raw) != size or not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise BitstreamError("corrupt alpha section (wrong size)")
+    return np.frombuffer(raw, np.uint8).reshape(height, width)
+
+
+def decode_header(data: bytes) -> Header:
+    """Parse and verify a stream's container without touching any model."""
+    return unpack(data)[0]
+
+
+def decode_image(data: bytes, device: str = "cpu") -> Image.Image:
+    """Decode `.lsq` bytes to a Pillow image of the original size (L, LA, RGB or RGBA)."""
+    dev = check_device(device)
+    header, sections = unpack(data)
+    for i, _, _, tw, th in _tiles(header.width, header.height, header.tile):
+        if tuple(header.latent_shapes[i]) != _latent_shape(tw, th):
+            raise BitstreamError(
+                f"corrupt: tile {i} latent shape {header.latent_shapes[i]} "
+                f"does not fit its {tw}x{th} pixels"
+            )
+    registry.verify(header.model, header.weights_hash)
+    net = registry.load(header.model, str(dev))
+    rgb = np.empty((header.height, header.width, 3), np.uint8)
+    with torch.inference_mode():
+        for i, x0, y0, tw, th in _tiles(header.width, header.height, header.tile):
+            strings = [[sections[2 * i]], [sections[2 * i + 1]]]
+            try:
+                x_hat = net.decompress(strings, header.latent_shapes[i])["x_hat"]
+            except (RuntimeError, ValueError, IndexError, OverflowError) as e:
+                raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
+            if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
+                raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
+            block = x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round().to(torch.uint8)
+            rgb[y0 : y0 + th, x0 : x0 + tw] = block.permute(1, 2, 0).cpu().numpy()
+    alpha = None
+    if header.flags & FLAG_ALPHA:
+        alpha = _decode_alpha(sections[-1], header.width, header.height)
+    img = Image.fromarray(rgb)
+    if header.flags & FLAG_GRAY:
+        img = img.convert("L")
+    if alpha is not None:
+        img.putalpha(Image.fromarray(alpha))
+    return img

@@ -1,0 +1,205 @@
+"""Registry of shipped models: safetensors weights plus the config needed to rebuild them.
+
+A model NAME is the file `NAME.safetensors` in the weights folder; its safetensors metadata
+holds a JSON string "config" (keys: name, family, quality, N, M, lmbda, steps, batch, data,
+gpu_time, command). `registry.json` in the same folder names the default model:
+{"default": NAME}. The folder is `models/weights/` of the installed package unless the
+environment variable `LSQ_WEIGHTS_DIR` points elsewhere (tests, experiments).
+
+Only safetensors files are read, so loading a model never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors import SafetensorError, safe_open
+
+if TYPE_CHECKING:  # torch is imported only when a model is loaded: listing stays fast
+    import torch
+
+WEIGHTS_ENV = "LSQ_WEIGHTS_DIR"
+FAMILIES = ("scalar", "bsq", "leech", "spherical-leech")
+REQUIRED_KEYS = ("name", "family", "quality", "N", "M")
+
+
+class UnknownModelError(LookupError):
+    """The requested model, family or quality is not shipped."""
+
+
+class ModelMismatchError(ValueError):
+    """A stream needs a model that is not shipped here, or weights that differ from ours."""
+
+
+class RegistryError(RuntimeError):
+    """A weights file or registry.json is malformed: a packaging problem, not a user one."""
+
+
+def weights_dir() -> Path:
+    """The folder searched for weights (`LSQ_WEIGHTS_DIR` overrides the packaged one)."""
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent / "weights"
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise RegistryError(f"cannot read weights {path}: {e}") from None
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError):
+        raise RegistryError(f"{path}: metadata has no valid JSON 'config'") from None
+    if not isinstance(config, dict) or any(k not in config for k in REQUIRED_KEYS):
+        raise RegistryError(f"{path}: config lacks one of {', '.join(REQUIRED_KEYS)}")
+    if config["name"] != path.stem:
+        raise RegistryError(f"{path}: config name {config['name']!r} differs from the file name")
+    if config["family"] not in FAMILIES:
+        raise RegistryError(f"{path}: unknown family {config['family']!r}")
+    return config
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(folder: Path) -> tuple[dict[str, dict], str | None]:
+    """Configs by name and the default name; cached per folder (files are read-only)."""
+    configs = {}
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.safetensors")):
+            configs[path.stem] = _read_config(path)
+    default = None
+    reg = folder / "registry.json"
+    if reg.is_file():
+        try:
+            default = json.loads(reg.read_text("utf-8")).get("default")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            raise RegistryError(f"{reg}: not a JSON object") from None
+        if default is not None and default not in configs:
+            raise RegistryError(f"{reg}: default {default!r} is not shipped")
+    return configs, default
+
+
+def _configs() -> tuple[dict[str, dict], str | None]:
+    return _scan(weights_dir())
+
+
+def default_name() -> str | None:
+    """Name of the default model, or None when the registry names none."""
+    return _configs()[1]
+
+
+def list_models() -> list[dict]:
+    """Configs of all shipped models, sorted by family then quality."""
+    configs = _configs()[0].values()
+    return sorted(configs, key=lambda c: (FAMILIES.index(c["family"]), c["quality"], c["name"]))
+
+
+def _valid_choices() -> str:
+    names = [c["name"] for c in list_models()]
+    families = sorted({c["family"] for c in list_models()}, key=FAMILIES.index)
+    if not names:
+        return f"no models are shipped in {weights_dir()}"
+    return f"valid models: {', '.join(names)}; families: {', '.join(families)}"
+
+
+def resolve(model: str | None = None, quality: int | None = None) -> dict:
+    """Pick a config from a name or a family plus an optional quality.
+
+    None means the default model (or the default's family when only a quality is given).
+    A family without a quality picks the default's quality if that family has it, else
+    the highest quality of the family.
+    """
+    configs, default = _configs()
+    if model is None:
+        if default is None:
+            raise UnknownModelError(f"no default model configured; {_valid_choices()}")
+        if quality is None:
+            return configs[default]
+        model = configs[default]["family"]
+    if model in configs:
+        config = configs[model]
+        if quality is not None and quality != config["quality"]:
+            raise UnknownModelError(
+                f"model {model!r} has quality {config['quality']}, not {quality}"
+            )
+        return config
+    family = [c for c in list_models() if c["family"] == model]
+    if not family:
+        raise UnknownModelError(f"unknown model {model!r}; {_valid_choices()}")
+    if quality is None:
+        if default is not None and configs[default]["family"] == model:
+            return configs[default]
+        return family[-1]
+    for config in family:
+        if config["quality"] == quality:
+            return config
+    qualities = ", ".join(str(c["quality"]) for c in family)
+    raise UnknownModelError(f"family {model!r} has no quality {quality}; it has {qualities}")
+
+
+def get_config(name: str) -> dict:
+    """Config of a shipped model by exact name (never builds a path from `name`)."""
+    configs = _configs()[0]
+    if name not in configs:
+        raise UnknownModelError(f"model {name!r} is not shipped; {_valid_choices()}")
+    return configs[name]
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_file(path: Path, mtime_ns: int) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()[:8]
+
+
+def weights_hash(name: str) -> bytes:
+    """First 8 bytes of the SHA-256 of the weights file: ties a stream to exact weights."""
+    get_config(name)
+    path = weights_dir() / f"{name}.safetensors"
+    return _hash_file(path, path.stat().st_mtime_ns)
+
+
+def verify(name: str, stream_hash: bytes) -> None:
+    """Refuse to decode a stream made with a model or weights that are not the shipped ones."""
+    if name not in _configs()[0]:
+        shipped = ", ".join(c["name"] for c in list_models()) or "none"
+        raise ModelMismatchError(
+            f"stream needs model {name!r}, which is not installed (installed: {shipped})"
+        )
+    ours = weights_hash(name)
+    if ours != stream_hash:
+        raise ModelMismatchError(
+            f"weights of model {name!r} differ from those the stream was encoded with "
+            f"(stream {stream_hash.hex()}, installed {ours.hex()})"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
+    from lsq.models.hyperprior import build_model
+
+    config = _read_config(path)
+    net = build_model(config["family"], int(config["N"]), int(config["M"]))
+    state = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():
+            t = f.get_tensor(key)
+            state[key] = t.float() if t.is_floating_point() else t
+    # Entropy tables are buffers of the state dict: never call update() here, it would
+    # rebuild them from floats and break bit-exact decoding across machines.
+    net.load_state_dict(state)
+    return net.to(device).eval()
+
+
+def load(name: str, device: str = "cpu") -> torch.nn.Module:
+    """Build the model, load its weights (floats cast to float32) and cache it per device."""
+    get_config(name)
+    path = weights_dir() / f"{name}.safetensors"
+    return _load(path, path.stat().st_mtime_ns, device)
