@@ -8,6 +8,7 @@ import time
 import zlib
 
 import pytest
+
 from lsq.codec.bitstream import (
     FLAG_ALPHA,
     FLAG_GRAY,
