@@ -1,0 +1,321 @@
+"""End-to-end tests of `lsq` through real subprocesses, with a tiny model fixture.
+
+The fixture writes two tiny models into a temporary folder and points LSQ_WEIGHTS_DIR at
+it. Commands that load torch take seconds each on CPU, so the image round trips run
+concurrently (all encodes, then all decodes) and the error cases that fail before torch
+is imported run one by one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TIMEOUT = 120
+TINY = {"N": 8, "M": 24}
+
+
+def make_weights(folder: Path) -> None:
+    """Two tiny scalar models (fp32 and fp16 files) and a registry naming the first."""
+    torch = pytest.importorskip("torch")
+    hyperprior = pytest.importorskip("lsq.models.hyperprior")
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    for quality, dtype in ((1, torch.float32), (2, torch.float16)):
+        net = hyperprior.build_model("scalar", **TINY)
+        net.update(force=True)
+        name = f"tiny-scalar-q{quality}"
+        config = dict(
+            name=name, family="scalar", quality=quality, lmbda=0.001 * quality, steps=0,
+            batch=1, data="none", gpu_time=0, command="tests/test_cli.py", **TINY,
+        )
+        state = {
+            k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+            for k, v in net.state_dict().items()
+        }
+        save_file(state, str(folder / f"{name}.safetensors"), {"config": json.dumps(config)})
+    (folder / "registry.json").write_text(json.dumps({"default": "tiny-scalar-q1"}))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("weights")
+    make_weights(folder)
+    return {**os.environ, "LSQ_WEIGHTS_DIR": str(folder), "PYTHONWARNINGS": "ignore"}
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lsq.cli.main", *map(str, args)]
+
+
+def lsq(env: dict[str, str], *args: str, stdin: bytes | None = None):
+    return subprocess.run(command(*args), input=stdin, capture_output=True, env=env,
+                          timeout=TIMEOUT)
+
+
+def lsq_many(env: dict[str, str], jobs: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Run several commands at once: torch start-up dominates, so overlap it."""
+    procs = [subprocess.Popen(command(*job), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env) for job in jobs]
+    results = []
+    for job, proc in zip(jobs, procs, strict=True):
+        out, err = proc.communicate(timeout=TIMEOUT)
+        results.append(subprocess.CompletedProcess(job, proc.returncode, out, err))
+    return results
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Non-zero exit, exactly one stderr line, no traceback, and the expected words."""
+    err = result.stderr.decode()
+    assert result.returncode != 0, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def rng_image(mode: str, size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr)
+
+
+def gray16(size: tuple[int, int]) -> Image.Image:
+    w, h = size
+    arr = (np.arange(w * h, dtype=np.uint16).reshape(h, w) * 50).astype(np.uint16)
+    return Image.fromarray(arr)
+
+
+def palette_gif(size: tuple[int, int], transparent: bool) -> bytes:
+    img = rng_image("RGB", size, seed=3).quantize(16)
+    buf = io.BytesIO()
+    img.save(buf, "GIF", **({"transparency": 0} if transparent else {}))
+    return buf.getvalue()
+
+
+def encoded_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+# name -> (input file name, input bytes maker, decoded mode expected or None, note expected)
+CASES = {
+    "one": ("one.png", lambda: encoded_bytes(rng_image("RGB", (1, 1))), "RGB", None),
+    "gray": ("gray.png", lambda: encoded_bytes(rng_image("L", (33, 17))), None, "grayscale"),
+    "gray16": ("g16.png", lambda: encoded_bytes(gray16((40, 30))), "L", "16-bit reduced"),
+    "rgba": ("rgba.png", lambda: encoded_bytes(rng_image("RGBA", (50, 40))), "RGBA", "alpha"),
+    "gif": ("pal.gif", lambda: palette_gif((30, 20), False), None, "palette"),
+}
+
+
+@pytest.fixture(scope="module")
+def coded(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Encode every case, then decode those with an expected mode, each phase concurrently."""
+    folder = tmp_path_factory.mktemp("coded")
+    for file_name, make, _, _ in CASES.values():
+        (folder / file_name).write_bytes(make())
+    names = list(CASES)
+    encodes = lsq_many(env, [["encode", folder / CASES[n][0], "-o", folder / f"{n}.lsq"]
+                             for n in names])
+    to_decode = [n for n in names if CASES[n][2]]
+    decodes = lsq_many(env, [["decode", folder / f"{n}.lsq", "-o", folder / f"{n}.out.png"]
+                             for n in to_decode])
+    decoded = dict(zip(to_decode, decodes, strict=True))
+    return {
+        n: {"src": folder / CASES[n][0], "lsq": folder / f"{n}.lsq",
+            "out": folder / f"{n}.out.png", "enc": e, "dec": decoded.get(n)}
+        for n, e in zip(names, encodes, strict=True)
+    }
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_encode_and_decode_restore_size_and_mode(env: dict[str, str], coded: dict,
+                                                 case: str) -> None:
+    result = coded[case]
+    assert result["enc"].returncode == 0, result["enc"].stderr.decode()
+    out = result["enc"].stdout.decode()
+    assert "bpp" in out and "tiny-scalar-q1" in out and result["enc"].stderr == b""
+    note = CASES[case][3]
+    if note:
+        assert note in out
+    original = Image.open(result["src"])
+    info = json.loads(lsq(env, "info", "--json", result["lsq"]).stdout)
+    assert (info["width"], info["height"], info["mode"]) == (*original.size, original.mode)
+    if result["dec"] is None:
+        return
+    assert result["dec"].returncode == 0, result["dec"].stderr.decode()
+    decoded = Image.open(result["out"])
+    assert decoded.size == original.size
+    assert decoded.mode == CASES[case][2]
+    if "A" in decoded.mode:  # alpha is lossless
+        src_alpha = original.getchannel("A")
+        assert np.array_equal(np.asarray(decoded.getchannel("A")), np.asarray(src_alpha))
+
+
+def test_info_text_and_json(env: dict[str, str], coded: dict) -> None:
+    text = lsq(env, "info", coded["rgba"]["lsq"])
+    assert text.returncode == 0
+    assert "tiny-scalar-q1" in text.stdout.decode() and "alpha" in text.stdout.decode()
+    result = lsq(env, "info", "--json", coded["rgba"]["lsq"])
+    info = json.loads(result.stdout)
+    assert info["width"] == 50 and info["height"] == 40 and info["mode"] == "RGBA"
+    assert info["flags"] == ["alpha"] and info["bytes"] == coded["rgba"]["lsq"].stat().st_size
+    assert len(info["section_lengths"]) == 3 and info["version"] == 1
+
+
+def test_stdin_stdout_pipeline(env: dict[str, str], coded: dict) -> None:
+    """`lsq encode - -o - | lsq decode - -o -`: both ends of both commands on pipes."""
+    src = coded["gray"]["src"].read_bytes()
+    enc = subprocess.Popen(command("encode", "-", "-o", "-"), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    dec = subprocess.Popen(command("decode", "-", "-o", "-"), stdin=enc.stdout,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    enc.stdout.close()
+    enc.stdin.write(src)
+    enc.stdin.close()
+    png, dec_err = dec.communicate(timeout=TIMEOUT)
+    enc_err = enc.stderr.read()
+    enc.stderr.close()
+    assert enc.wait(timeout=TIMEOUT) == 0, enc_err.decode()
+    assert dec.returncode == 0, dec_err.decode()
+    assert "bpp" in enc_err.decode() and "33x17 L" in dec_err.decode()
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.format == "PNG" and decoded.size == (33, 17) and decoded.mode == "L"
+
+
+def test_existing_output_needs_force(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    out = tmp_path / "x.lsq"
+    out.write_bytes(b"keep me")
+    refused = lsq(env, "encode", coded["gray"]["src"], "-o", out)
+    assert_one_line_error(refused, "exists; use --force")
+    assert out.read_bytes() == b"keep me"
+    forced = lsq(env, "encode", coded["gray"]["src"], "-o", out, "--force", "--quiet",
+                 "--model", "scalar", "--quality", "2")
+    assert forced.returncode == 0 and forced.stdout == b"" and forced.stderr == b""
+    assert out.read_bytes()[:4] == b"\x89LSQ"
+    assert json.loads(lsq(env, "info", "--json", out).stdout)["model"] == "tiny-scalar-q2"
+    out.write_bytes(b"keep me")
+    refused = lsq(env, "decode", coded["gray"]["lsq"], "-o", out)
+    assert_one_line_error(refused, "exists; use --force")
+    assert out.read_bytes() == b"keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.lsq"]  # no temporary left behind
+
+
+def test_corrupt_truncated_and_foreign_files(env: dict[str, str], coded: dict,
+                                             tmp_path: Path) -> None:
+    data = coded["gray"]["lsq"].read_bytes()
+    truncated = tmp_path / "t.lsq"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "f.lsq"
+    flipped.write_bytes(data[:-10] + bytes([data[-10] ^ 0x40]) + data[-9:])
+    for cmd in ("info", "decode"):
+        extra = ["-o", tmp_path / "o.png"] if cmd == "decode" else []
+        assert_one_line_error(lsq(env, cmd, truncated, *extra), "truncated")
+        assert_one_line_error(lsq(env, cmd, flipped, *extra), "corrupt")
+        assert_one_line_error(lsq(env, cmd, coded["gray"]["src"], *extra), "not an lsq file")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_stream_from_other_weights_is_refused(env: dict[str, str], coded: dict,
+                                              tmp_path: Path) -> None:
+    """A stream whose weights hash differs (re-checksummed) must not decode."""
+    data = bytearray(coded["gray"]["lsq"].read_bytes())
+    name_len = data[5]
+    data[6 + name_len] ^= 0xFF  # first byte of the weights hash
+    data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
+    bad = tmp_path / "h.lsq"
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(lsq(env, "decode", bad, "-o", tmp_path / "o.png"), "differ")
+
+
+def test_decode_to_jpeg_drops_alpha_with_note(env: dict[str, str], coded: dict,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "o.jpg"
+    result = lsq(env, "decode", coded["rgba"]["lsq"], "-o", out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "alpha dropped" in result.stdout.decode()
+    assert Image.open(out).format == "JPEG"
+
+
+def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    src = coded["gray"]["src"]
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    cases = [
+        (["encode", tmp_path / "missing.png", "-o", tmp_path / "a.lsq"], "no such file"),
+        (["decode", tmp_path / "missing.lsq", "-o", tmp_path / "a.png"], "no such file"),
+        (["encode", junk, "-o", tmp_path / "a.lsq"], "not an image"),
+        (["encode", src, "-o", tmp_path / "a.lsq", "--model", "nope"], "unknown model 'nope'"),
+        (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "9"], "no quality 9"),
+        (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.xyz"], "unknown output format"),
+        (["encode", src, "-o", tmp_path / "nodir" / "a.lsq"], "does not exist"),
+        (["decode", coded["gray"]["lsq"], "-o", tmp_path / "nodir" / "a.png"], "does not exist"),
+    ]
+    for args, fragment in cases:
+        assert_one_line_error(lsq(env, *args), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.png"]
+
+
+def test_unknown_model_lists_valid_names(env: dict[str, str], coded: dict,
+                                         tmp_path: Path) -> None:
+    result = lsq(env, "encode", coded["gray"]["src"], "-o", tmp_path / "a.lsq", "--model", "x")
+    assert_one_line_error(result, "tiny-scalar-q1", "tiny-scalar-q2")
+
+
+def test_stream_for_missing_model(coded: dict, tmp_path: Path) -> None:
+    empty = {**os.environ, "LSQ_WEIGHTS_DIR": str(tmp_path)}
+    result = lsq(empty, "decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png")
+    assert_one_line_error(result, "not installed")
+
+
+def test_models_command(env: dict[str, str], tmp_path: Path) -> None:
+    out = lsq(env, "models").stdout.decode().splitlines()
+    assert any(line.startswith("* tiny-scalar-q1") for line in out)
+    assert any(line.startswith("  tiny-scalar-q2") for line in out)
+    none = lsq({**os.environ, "LSQ_WEIGHTS_DIR": str(tmp_path)}, "models")
+    assert none.returncode == 0 and "no models are shipped" in none.stdout.decode()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU may be present")
+def test_cuda_without_cuda(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    result = lsq(env, "encode", coded["gray"]["src"], "-o", tmp_path / "a.lsq", "--device", "cuda")
+    assert_one_line_error(result, "CUDA is not available")
+    assert not (tmp_path / "a.lsq").exists()
+
+
+def test_disk_full_is_one_line(env: dict[str, str], coded: dict) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(command("decode", coded["gray"]["lsq"], "-o", "-"),
+                                stdout=full, stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+    assert_one_line_error(result, "No space left on device")
+
+
+def test_version_help_and_console_script(env: dict[str, str]) -> None:
+    result = lsq(env, "--version")
+    assert result.returncode == 0 and "lsq, version" in result.stdout.decode()
+    script = Path(sys.executable).with_name("lsq")
+    if not script.exists():
+        pytest.skip("console script not installed")
+    helped = subprocess.run([script, "--help"], capture_output=True, env=env, timeout=TIMEOUT)
+    assert helped.returncode == 0
+    for name in ("encode", "decode", "info", "models"):
+        assert name in helped.stdout.decode()

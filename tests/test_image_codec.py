@@ -1,0 +1,202 @@
+"""In-process tests of image <-> .lsq glue: every Pillow mode, tiling, validation."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lsq.codec.bitstream import (
+    FLAG_ALPHA,
+    FLAG_COLOR_CONVERTED,
+    FLAG_DEPTH_REDUCED,
+    FLAG_FRAMES_DROPPED,
+    FLAG_GRAY,
+    FLAG_PALETTE,
+    BitstreamError,
+    pack,
+    unpack,
+)
+
+torch = pytest.importorskip("torch")
+image_codec = pytest.importorskip("lsq.models.image_codec")
+registry = pytest.importorskip("lsq.models.registry")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_cli import make_weights
+
+    folder = tmp_path_factory.mktemp("weights")
+    make_weights(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def use_weights(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(weights))
+
+
+def noise(mode: str, size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    return Image.fromarray(arr[..., 0] if len(mode) == 1 else arr, mode)
+
+
+def transparent_palette() -> Image.Image:
+    img = noise("RGB", (9, 7)).quantize(8)
+    img.info["transparency"] = 0
+    return img
+
+
+# source image -> (decoded mode, flags that must be set)
+MODES = {
+    "RGB": (lambda: noise("RGB", (13, 9)), "RGB", 0),
+    "RGBA": (lambda: noise("RGBA", (13, 9)), "RGBA", FLAG_ALPHA),
+    "L": (lambda: noise("L", (5, 3)), "L", FLAG_GRAY),
+    "LA": (lambda: noise("LA", (5, 3)), "LA", FLAG_GRAY | FLAG_ALPHA),
+    "1": (lambda: noise("L", (8, 8)).convert("1"), "L", FLAG_GRAY),
+    "P": (lambda: noise("RGB", (9, 7)).quantize(8), "RGB", FLAG_PALETTE),
+    "P+transparency": (transparent_palette, "RGBA", FLAG_PALETTE | FLAG_ALPHA),
+    "PA": (lambda: noise("RGB", (9, 7)).quantize(8).convert("PA"), "RGBA",
+           FLAG_PALETTE | FLAG_ALPHA),
+    "I;16": (lambda: Image.fromarray(np.full((4, 6), 40000, np.uint16)), "L",
+             FLAG_GRAY | FLAG_DEPTH_REDUCED),
+    "I": (lambda: noise("L", (6, 4)).convert("I"), "L", FLAG_GRAY | FLAG_DEPTH_REDUCED),
+    "F": (lambda: noise("L", (6, 4)).convert("F"), "L", FLAG_GRAY | FLAG_DEPTH_REDUCED),
+    "CMYK": (lambda: noise("RGB", (6, 4)).convert("CMYK"), "RGB", FLAG_COLOR_CONVERTED),
+    "YCbCr": (lambda: noise("RGB", (6, 4)).convert("YCbCr"), "RGB", FLAG_COLOR_CONVERTED),
+    "RGBX": (lambda: noise("RGB", (6, 4)).convert("RGBX"), "RGB", 0),
+}
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_every_mode_round_trips(name: str) -> None:
+    make, decoded_mode, flags = MODES[name]
+    img = make()
+    data, report = image_codec.encode_image_report(img)
+    header, _ = unpack(data)
+    assert header.flags & flags == flags and header.mode == img.mode
+    assert report.nbytes == len(data) and report.bpp == len(data) * 8 / (img.width * img.height)
+    out = image_codec.decode_image(data)
+    assert out.size == img.size and out.mode == decoded_mode
+    if FLAG_ALPHA & flags:
+        src = img.convert("RGBA" if decoded_mode == "RGBA" else "LA")
+        assert np.array_equal(np.asarray(out.getchannel("A")), np.asarray(src.getchannel("A")))
+
+
+def test_16bit_scales_to_8bit() -> None:
+    img = Image.fromarray(np.array([[0, 257, 32896, 65535]], np.uint16))
+    rgb, alpha, flags, notes = image_codec.normalize(img)
+    assert rgb[0, :, 0].tolist() == [0, 1, 128, 255] and alpha is None
+    assert flags & FLAG_DEPTH_REDUCED and "16-bit reduced to 8-bit" in notes
+
+
+def test_16bit_rgb_png_is_noted() -> None:
+    """Pillow opens 48-bit PNGs as 8-bit RGB; the encoder still says depth was reduced."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    raw = b"".join(b"\x00" + bytes(range(18)) for _ in range(2))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 3, 2, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    _, _, flags, notes = image_codec.normalize(Image.open(io.BytesIO(png)))
+    assert flags & FLAG_DEPTH_REDUCED and "16-bit reduced to 8-bit" in notes
+
+
+def test_animated_gif_codes_first_frame() -> None:
+    frames = [noise("RGB", (8, 8), seed=s).quantize(4) for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    data, report = image_codec.encode_image_report(Image.open(buf))
+    assert unpack(data)[0].flags & FLAG_FRAMES_DROPPED
+    assert any("first of 3 frames" in n for n in report.notes)
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = noise("RGB", (16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    data, report = image_codec.encode_image_report(Image.open(buf))
+    assert image_codec.decode_image(data).size == (8, 16)
+    assert "EXIF orientation applied" in report.notes
+
+
+def test_tiles_cover_the_image_and_coding_is_deterministic() -> None:
+    img = noise("RGB", (150, 100))
+    data, report = image_codec.encode_image_report(img, tile=64)
+    header, sections = unpack(data)
+    assert header.grid == (3, 2) and report.tiles == 6 and len(sections) == 12
+    assert header.latent_shapes == ((1, 1),) * 6
+    assert image_codec.encode_image_report(img, tile=64)[0] == data
+    first, second = image_codec.decode_image(data), image_codec.decode_image(data)
+    assert first.size == (150, 100) and first.tobytes() == second.tobytes()
+
+
+def test_quality_and_family_selection() -> None:
+    img = noise("RGB", (8, 8))
+    assert unpack(image_codec.encode_image(img, "scalar", 2))[0].model == "tiny-scalar-q2"
+    assert unpack(image_codec.encode_image(img, quality=2))[0].quality == 2
+    with pytest.raises(registry.UnknownModelError, match="no quality 7"):
+        image_codec.encode_image(img, quality=7)
+
+
+def test_empty_and_oversized_images_are_refused() -> None:
+    with pytest.raises(image_codec.ImageCodecError, match="empty"):
+        image_codec.encode_image(Image.new("RGB", (0, 5)))
+    with pytest.raises(image_codec.ImageCodecError, match="too large"):
+        image_codec.encode_image(Image.new("1", (70000, 1)))
+
+
+def test_cuda_refused_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(image_codec.DeviceError, match="CUDA is not available"):
+        image_codec.decode_image(b"", device="cuda")
+    with pytest.raises(image_codec.DeviceError, match="unknown device"):
+        image_codec.check_device("tpu:x")
+
+
+def repacked(data: bytes, **changes) -> bytes:
+    """Re-pack a stream with header fields or sections changed (the CRC stays valid)."""
+    header, sections = unpack(data)
+    sections = changes.pop("sections", sections)
+    return pack(type(header)(**{**header.__dict__, **changes}), sections)
+
+
+def test_crafted_streams_with_valid_crc_are_refused() -> None:
+    data = image_codec.encode_image_report(noise("RGBA", (70, 10)), tile=64)[0]
+    header, sections = unpack(data)
+    with pytest.raises(BitstreamError, match="latent shape"):
+        image_codec.decode_image(repacked(data, latent_shapes=((1, 1), (2, 1))))
+    with pytest.raises(BitstreamError, match="alpha"):
+        image_codec.decode_image(repacked(data, sections=[*sections[:-1], b"junk"]))
+    short_alpha = zlib.compress(b"\x00" * 10)
+    with pytest.raises(BitstreamError, match="alpha"):
+        image_codec.decode_image(repacked(data, sections=[*sections[:-1], short_alpha]))
+    with pytest.raises(registry.ModelMismatchError, match="differ"):
+        image_codec.decode_image(repacked(data, weights_hash=b"\x00" * 8))
+    with pytest.raises(registry.ModelMismatchError, match="not installed"):
+        image_codec.decode_image(repacked(data, model="elsewhere"))
+
+
+def test_garbage_sections_decode_to_an_image_or_a_bitstream_error() -> None:
+    """Entropy-coded garbage (with a valid CRC) must not crash the decoder."""
+    data = image_codec.encode_image(noise("RGB", (64, 64)))
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 100):
+        garbage = [rng.bytes(n), rng.bytes(n)]
+        try:
+            out = image_codec.decode_image(repacked(data, sections=garbage))
+        except BitstreamError:
+            continue
+        assert out.size == (64, 64)
