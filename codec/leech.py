@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from torch.nn.functional import embedding
 
 SHELL_SIZE = 196_560
 """Number of minimal vectors (kissing number of Λ24)."""
@@ -52,7 +53,7 @@ _ODD_START = _N_PAIR + _N_OCTAD  # (∓3, ±1^23) from here on
 # GF(4) = {0, 1, ω, ω̄} encoded as 0, 1, 2, 3; addition is XOR.
 _GF4_MUL = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [0, 2, 3, 1], [0, 3, 1, 2]])
 
-_CPU_CHUNK = 2048
+_CPU_CHUNK = 256
 _CUDA_CHUNK = 1 << 16
 
 
@@ -154,6 +155,23 @@ def first_shell() -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _word_rows(hexa: np.ndarray) -> np.ndarray:
+    """Row indices into the flattened pair tables (m, pair k, s1 s2, p, z) that line up, for
+    every hexacodeword w, the operands of the last two min-plus convolutions: pair 0 at state
+    a, pair 1 at state z ^ a, pair 2 at state a ^ target(m, p) with target = 2p + m."""
+    a, m, w, p, z = np.meshgrid(*(np.arange(k) for k in (4, 2, 64, 2, 4)), indexing="ij")
+    sym = 4 * hexa[:, 0::2] + hexa[:, 1::2]  # (64, 3) pair symbols s1 s2
+
+    def row(k: int, state: np.ndarray, m: np.ndarray, w: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return (((m * 3 + k) * 16 + sym[w, k]) * 2 + p) * 4 + state
+
+    first = row(0, a[..., 0], m[..., 0], w[..., 0], p[..., 0])  # (a, m, w, p)
+    second = row(1, z ^ a, m, w, p)  # (a, m, w, p, z)
+    mm, ww, pp, aa = np.meshgrid(*(np.arange(k) for k in (2, 64, 2, 4)), indexing="ij")
+    last = row(2, aa ^ (2 * pp + mm), mm, ww, pp)  # (m, w, p, a)
+    return np.concatenate([first.ravel(), second.ravel(), last.ravel()])
+
+
 class _Tables:
     """Index tensors of the decoder, materialised once per (device, dtype)."""
 
@@ -163,23 +181,21 @@ class _Tables:
         hexa = hexacode()
         states = np.arange(4)
         xor = states[:, None] ^ states[None, :]  # (a, z) -> a ^ z, for the trace-back
-        target = 2 * np.arange(2)[None, :, None] + np.arange(2)[:, None, None]  # (m, p, 1)
 
         def t(a: np.ndarray, dt: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(np.array(a), dtype=dt, device=device)
 
-        # residues r(m, b) = (2b + m) mod 4 laid out to broadcast against (B, 1, 6, 4, 1)
-        self.residue = t(np.array([[0, 2], [1, 3]]).reshape(2, 1, 1, 2), dtype)
-        # flat index into (row, bit) pairs for each (pattern in (s,p,h) order, row)
-        self.pattern_gather = t((2 * np.arange(4)[None, :] + pattern_bits).reshape(-1))
+        # residues r(m, b) = (2b + m) mod 4 laid out to broadcast against (1, 6, 4, 1, B)
+        self.residue = t(np.array([[0, 2], [1, 3]]).reshape(2, 1, 1, 2, 1), dtype)
+        # rows of the (m, col, row, bit) per-bit tables for each (m, col, pattern, row), patterns
+        # in (s, p, h) order
+        per_row = (2 * np.arange(4)[None, :] + pattern_bits).reshape(-1)  # (16 * 4,)
+        self.pattern_gather = t((8 * np.arange(12)[:, None] + per_row[None, :]).reshape(-1))
         self.patterns = t(patterns)
         self.pattern_bits = t(pattern_bits.reshape(4, 2, 2, 4))
         self.xor = t(xor)
-        # pair index (w_{2k}, w_{2k+1}) -> 4 w_{2k} + w_{2k+1} per hexacodeword and pair k
         self.hexa = t(hexa)
-        self.hexa_pairs = t(4 * hexa[:, 0::2] + hexa[:, 1::2])
-        # final convolution index a ^ target(m, p): (m, p, a)
-        self.final = t(np.arange(4)[None, None, :] ^ target)
+        self.word_rows = t(_word_rows(hexa))
         self.code = t(golay_code(), torch.uint8)
 
 
@@ -306,12 +322,12 @@ def _coset_point(y: torch.Tensor, m: torch.Tensor, code: torch.Tensor) -> torch.
 
 
 def _conv(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Min-plus convolution over the parity group Z2×Z2 on the last axis (state z = 2h + τ):
-    out[z] = min_a f[a] + g[z ^ a]; XOR by a is a flip of the (h, τ) axes."""
-    g2 = g.unflatten(-1, (2, 2))
-    out = f[..., 0:1] + g
-    for a, dims in ((1, (-1,)), (2, (-2,)), (3, (-2, -1))):
-        torch.minimum(out, f[..., a : a + 1] + g2.flip(dims).flatten(-2), out=out)
+    """Min-plus convolution over the parity group Z2×Z2 on axis -2 (state z = 2h + τ; the batch
+    is the last axis): out[z] = min_a f[a] + g[z ^ a]. XOR by a flips the (h, τ) axes."""
+    g2 = g.unflatten(-2, (2, 2))
+    out = f[..., 0:1, :] + g
+    for a, dims in ((1, (-2,)), (2, (-3,)), (3, (-3, -2))):
+        torch.minimum(out, f[..., a : a + 1, :] + g2.flip(dims).flatten(-3, -2), out=out)
     return out
 
 
@@ -324,39 +340,41 @@ def _decode_chunk(y: torch.Tensor) -> torch.Tensor:
     of Σq over the column). The best codeword and q must satisfy XOR h = p and XOR τ = m over
     the six columns: min-plus convolutions over Z2×Z2, pairing columns (0,1), (2,3), (4,5) and
     then combining the 64 hexacodewords. The winner is traced back through a short DP.
+    The batch is kept as the last, contiguous axis so every tensor operation is a long
+    vectorised loop (small trailing axes make PyTorch's CPU kernels several times slower).
     """
     tb = _tables(y.device, y.dtype)
     b = y.shape[0]
-    yy = y.view(b, 1, 6, 4, 1)
-    q = torch.round((yy - tb.residue) * 0.25)  # (B, 2m, 6 cols, 4 rows, 2 bits)
+    yy = y.T.reshape(1, 6, 4, 1, b)
+    q = torch.round((yy - tb.residue) * 0.25)  # (2 m, 6 cols, 4 rows, 2 bits, B)
     err = yy - tb.residue - 4 * q
+
     def patterns(per_bit: torch.Tensor) -> torch.Tensor:
-        return per_bit.flatten(-2).index_select(-1, tb.pattern_gather).view(b, 2, 6, 16, 4)
+        # embedding() is PyTorch's fastest row gather on CPU (index_select allocates slowly)
+        return embedding(tb.pattern_gather, per_bit.reshape(96, b)).view(2, 6, 16, 4, b)
 
-    cost = patterns(err * err)
-    flip = patterns(16 - 8 * err.abs())
-    parity = patterns(torch.remainder(q, 2))
-    base = cost.sum(-1)
-    fix = flip.amin(-1)
-    natural = torch.remainder(parity.sum(-1), 2)
-    table = torch.stack([base + fix * natural, base + fix * (1 - natural)], -1)
-    table = table.view(b, 2, 6, 4, 2, 4)  # (B, m, col, s, p, z = 2h + τ)
+    cost = patterns(err * err).sum(3)
+    fix = patterns(16 - 8 * err.abs()).amin(3)
+    natural_fix = fix * torch.remainder(patterns(q).sum(3), 2)
+    table = torch.stack([cost + natural_fix, cost + fix - natural_fix], 3)
+    table = table.view(2, 6, 4, 2, 4, b)  # (m, col, s, p, z = 2h + τ, B)
 
-    left, right = table[:, :, 0::2], table[:, :, 1::2]  # (B, m, 3 pairs, s, p, z)
-    pair = _conv(left.unsqueeze(4), right.unsqueeze(3))  # (B, m, 3, s1, s2, p, z)
-    pair = pair.flatten(3, 4)
-    hp = tb.hexa_pairs
-    words = [pair[:, :, k].index_select(2, hp[:, k]) for k in range(3)]  # (B, m, 64, p, z)
-    half = _conv(words[0], words[1])
-    last = words[2]
-    last = last.gather(-1, tb.final[None, :, None].expand(b, 2, 64, 2, 4))
-    total = (half + last).amin(-1)  # (B, m, 64 hexacodewords, p)
+    left, right = table[:, 0::2], table[:, 1::2]  # (m, 3 pairs, s, p, z, B)
+    pair = _conv(left.unsqueeze(3), right.unsqueeze(2)).flatten(2, 3)  # (m, 3, s1 s2, p, z, B)
+    # one gather for the 64 hexacodewords: rows (a, m, w, p) of pair 0, rows (a, m, w, p, z)
+    # of pair 1 at state z ^ a, rows (m, w, p, a) of pair 2 at state a ^ target(m, p)
+    rows = embedding(tb.word_rows, pair.reshape(-1, b))
+    first, second, last = rows.split([1024, 4096, 1024])
+    half = (first.view(4, 2, 64, 2, 1, b) + second.view(4, 2, 64, 2, 4, b)).amin(0)
+    total = torch.add(half, last.view(2, 64, 2, 4, b), out=half).amin(3)  # (m, w, p, B)
 
-    best = total.flatten(1).argmin(-1)
+    best = total.view(256, b).argmin(0)
     m, word, p = best // 128, (best // 2) % 64, best % 2
     symbols = tb.hexa[word]  # (B, 6)
     rows = torch.arange(b, device=y.device)
-    cols = table[rows[:, None], m[:, None], torch.arange(6, device=y.device), symbols, p[:, None]]
+    cols = table.permute(5, 0, 1, 2, 3, 4)[
+        rows[:, None], m[:, None], torch.arange(6, device=y.device), symbols, p[:, None]
+    ]  # (B, 6, z)
     acc = cols[:, 0]
     choice = []
     for j in range(1, 6):
