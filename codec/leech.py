@@ -53,7 +53,7 @@ _ODD_START = _N_PAIR + _N_OCTAD  # (∓3, ±1^23) from here on
 # GF(4) = {0, 1, ω, ω̄} encoded as 0, 1, 2, 3; addition is XOR.
 _GF4_MUL = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [0, 2, 3, 1], [0, 3, 1, 2]])
 
-_CPU_CHUNK = 256
+_CPU_CHUNK = 512
 _CUDA_CHUNK = 1 << 16
 
 
@@ -155,7 +155,23 @@ def first_shell() -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _word_rows(hexa: np.ndarray) -> np.ndarray:
+def _pair_rows() -> tuple[np.ndarray, np.ndarray]:
+    """Row indices into the flattened column tables (m, col, s, p, z) for the min-plus
+    convolution of column pairs (2k, 2k+1): per XOR shift a, the left operand at state a as
+    rows (m, k, s1, s2, p) and the right operand at state z ^ a as rows (m, k, s1, s2, p, z)."""
+    a, m, k, s1, s2, p, z = np.meshgrid(
+        *(np.arange(n) for n in (4, 2, 3, 4, 4, 2, 4)), indexing="ij"
+    )
+
+    def row(col: np.ndarray, s: np.ndarray, state: np.ndarray) -> np.ndarray:
+        return (((m * 6 + col) * 4 + s) * 2 + p) * 4 + state
+
+    left = row(2 * k, s1, a)[..., 0].reshape(4, -1)
+    right = row(2 * k + 1, s2, z ^ a).reshape(4, -1)
+    return left, right
+
+
+def _word_rows(hexa: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices into the flattened pair tables (m, pair k, s1 s2, p, z) that line up, for
     every hexacodeword w, the operands of the last two min-plus convolutions: pair 0 at state
     a, pair 1 at state z ^ a, pair 2 at state a ^ target(m, p) with target = 2p + m."""
@@ -169,7 +185,7 @@ def _word_rows(hexa: np.ndarray) -> np.ndarray:
     second = row(1, z ^ a, m, w, p)  # (a, m, w, p, z)
     mm, ww, pp, aa = np.meshgrid(*(np.arange(k) for k in (2, 64, 2, 4)), indexing="ij")
     last = row(2, aa ^ (2 * pp + mm), mm, ww, pp)  # (m, w, p, a)
-    return np.concatenate([first.ravel(), second.ravel(), last.ravel()])
+    return first.ravel(), second.reshape(4, -1), last.ravel()
 
 
 class _Tables:
@@ -195,7 +211,9 @@ class _Tables:
         self.pattern_bits = t(pattern_bits.reshape(4, 2, 2, 4))
         self.xor = t(xor)
         self.hexa = t(hexa)
-        self.word_rows = t(_word_rows(hexa))
+        self.pair_left, self.pair_right = (t(rows) for rows in _pair_rows())
+        first, second, last = _word_rows(hexa)
+        self.word_first, self.word_second, self.word_last = t(first), t(second), t(last)
         self.code = t(golay_code(), torch.uint8)
 
 
@@ -321,16 +339,6 @@ def _coset_point(y: torch.Tensor, m: torch.Tensor, code: torch.Tensor) -> torch.
     return (2 * code + m[:, None]) % 4 + 4 * q
 
 
-def _conv(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Min-plus convolution over the parity group Z2×Z2 on axis -2 (state z = 2h + τ; the batch
-    is the last axis): out[z] = min_a f[a] + g[z ^ a]. XOR by a flips the (h, τ) axes."""
-    g2 = g.unflatten(-2, (2, 2))
-    out = f[..., 0:1, :] + g
-    for a, dims in ((1, (-2,)), (2, (-3,)), (3, (-3, -2))):
-        torch.minimum(out, f[..., a : a + 1, :] + g2.flip(dims).flatten(-3, -2), out=out)
-    return out
-
-
 def _decode_chunk(y: torch.Tensor) -> torch.Tensor:
     """Exact nearest Leech points of a (B, 24) float chunk by dynamic programming on the MOG.
 
@@ -359,16 +367,24 @@ def _decode_chunk(y: torch.Tensor) -> torch.Tensor:
     table = torch.stack([cost + natural_fix, cost + fix - natural_fix], 3)
     table = table.view(2, 6, 4, 2, 4, b)  # (m, col, s, p, z = 2h + τ, B)
 
-    left, right = table[:, 0::2], table[:, 1::2]  # (m, 3 pairs, s, p, z, B)
-    pair = _conv(left.unsqueeze(3), right.unsqueeze(2)).flatten(2, 3)  # (m, 3, s1 s2, p, z, B)
-    # one gather for the 64 hexacodewords: rows (a, m, w, p) of pair 0, rows (a, m, w, p, z)
-    # of pair 1 at state z ^ a, rows (m, w, p, a) of pair 2 at state a ^ target(m, p)
-    rows = embedding(tb.word_rows, pair.reshape(-1, b))
-    first, second, last = rows.split([1024, 4096, 1024])
-    half = (first.view(4, 2, 64, 2, 1, b) + second.view(4, 2, 64, 2, 4, b)).amin(0)
-    total = torch.add(half, last.view(2, 64, 2, 4, b), out=half).amin(3)  # (m, w, p, B)
+    # column pairs (0,1), (2,3), (4,5): out[z] = min_a left[a] + right[z ^ a]
+    flat = table.view(-1, b)
+    pair = embedding(tb.pair_right[0], flat).view(192, 4, b).add_(
+        embedding(tb.pair_left[0], flat).view(192, 1, b))
+    for a in range(1, 4):
+        right = embedding(tb.pair_right[a], flat).view(192, 4, b)
+        torch.minimum(pair, right.add_(embedding(tb.pair_left[a], flat).view(192, 1, b)), out=pair)
+    # pair: (m, 3 pairs, s1 s2, p, z) rows
+    # the 64 hexacodewords: pair 0 at state a, pair 1 at state z ^ a, pair 2 at a ^ target
+    flat = pair.view(-1, b)
+    first = embedding(tb.word_first, flat).view(4, 256, 1, b)  # (a, (m, w, p), 1, B)
+    half = embedding(tb.word_second[0], flat).view(256, 4, b).add_(first[0])
+    for a in range(1, 4):
+        second = embedding(tb.word_second[a], flat).view(256, 4, b).add_(first[a])
+        torch.minimum(half, second, out=half)
+    total = half.add_(embedding(tb.word_last, flat).view(256, 4, b)).amin(1)  # ((m, w, p), B)
 
-    best = total.view(256, b).argmin(0)
+    best = total.argmin(0)
     m, word, p = best // 128, (best // 2) % 64, best % 2
     symbols = tb.hexa[word]  # (B, 6)
     rows = torch.arange(b, device=y.device)
