@@ -105,16 +105,19 @@ class LeechQuantizer:
         return self.reconstruct(self.symbols(y, step), step).to(y.dtype)
 
     def proxy(self, y: torch.Tensor, step: torch.Tensor, kind: str) -> Proxy:
-        """Proxies in the integer frame: ``rate_input`` is y / step perturbed or snapped."""
+        """``rate_input`` is always the lattice point y / step snaps to (straight-through).
+
+        The exact prior is a pmf on the lattice: evaluated off the lattice it is unbounded
+        (a point near the mean, between lattice points, gets P > 1 as sigma shrinks), and
+        training exploits that. ``kind`` only chooses the reconstruction: the lattice point
+        (``ste``, ``mixed``) or y plus noise uniform over the Voronoi cell (``noise``).
+        """
         _check_proxy(kind)
         v = y / step
         hard = straight_through(v, leech.nearest(v.detach()).to(v.dtype))
-        noisy = v + leech_cell_noise(v.shape, v.device, v.dtype)
-        if kind == "ste":
-            return Proxy(hard, hard * step)
         if kind == "noise":
-            return Proxy(noisy, noisy * step)
-        return Proxy(noisy, hard * step)
+            return Proxy(hard, (v + leech_cell_noise(v.shape, v.device, v.dtype)) * step)
+        return Proxy(hard, hard * step)
 
     def symbols(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         return leech.nearest((y / step).detach())
@@ -135,7 +138,11 @@ class SphericalLeechQuantizer:
         return self.reconstruct(points, gains, gain_step).to(y.dtype)
 
     def proxy(self, y: torch.Tensor, gain_step: torch.Tensor, kind: str) -> tuple[Proxy, Proxy]:
-        """(direction proxy in the integer frame, gain proxy in gain steps); recon in y units."""
+        """(direction proxy in the integer frame, gain proxy in gain steps); recon in y units.
+
+        As for the full lattice, the direction's rate is taken on the shell point itself;
+        the gain is scalar, so ``noise`` and ``mixed`` give it uniform noise for the rate.
+        """
         _check_proxy(kind)
         gain = y.norm(dim=-1, keepdim=True)
         u = y / gain.clamp(min=1e-6) * SHELL_NORM
@@ -143,12 +150,11 @@ class SphericalLeechQuantizer:
         hard_dir = straight_through(u, point.to(u.dtype))
         g = gain / gain_step
         hard_gain = straight_through(g, torch.round(g))
-        noisy_gain = g + torch.empty_like(g).uniform_(-0.5, 0.5)
-        noisy_dir = u + leech_cell_noise(u.shape, u.device, u.dtype)
         recon = hard_dir / SHELL_NORM * hard_gain * gain_step
         if kind == "ste":
             return Proxy(hard_dir, recon), Proxy(hard_gain, recon)
-        return Proxy(noisy_dir, recon), Proxy(noisy_gain, recon)
+        noisy_gain = g + torch.empty_like(g).uniform_(-0.5, 0.5)
+        return Proxy(hard_dir, recon), Proxy(noisy_gain, recon)
 
     def symbols(
         self, y: torch.Tensor, gain_step: torch.Tensor

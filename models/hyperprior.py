@@ -29,6 +29,7 @@ from lsq.codec.quantizers import (
     ScalarQuantizer,
     SphericalLeechQuantizer,
 )
+from lsq.models import latent_coding
 
 QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
 SCALE_BOUND = 0.11
@@ -92,6 +93,39 @@ class LsqHyperprior(CompressionModel):
             self.log_step = nn.Parameter(torch.tensor(math.log(LEECH_UNIT_STEP)))
         if quantizer == "spherical-leech":
             self.log_gain_step = nn.Parameter(torch.tensor(0.0))
+        # The step the coder uses, frozen by update(): no exp() at coding time.
+        self.register_buffer("coding_step", torch.ones(()))
+
+    def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """CompressAI's update, plus freezing the coder's step from its learned logarithm."""
+        log_step = getattr(self, "log_step", getattr(self, "log_gain_step", None))
+        if log_step is not None:
+            self.coding_step.fill_(float(log_step.detach().exp()))
+        return super().update(scale_table, force=force, update_quantiles=update_quantiles)
+
+    def compress(self, x: torch.Tensor) -> dict:
+        """CompressAI's contract: {"strings": [y_strings, z_strings], "shape": z size}."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        y_strings, z_strings = [], []
+        for yi, zi in zip(y, z, strict=True):
+            z_string, z_hat = latent_coding.encode_z(self.entropy_bottleneck, zi)
+            params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
+            y_strings.append(latent_coding.encode_y(self, yi, params))
+            z_strings.append(z_string)
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int]) -> dict:
+        """Inverse of :meth:`compress`; the hyper path is bit-exact on any device."""
+        device = next(self.parameters()).device
+        x_hats = []
+        for y_string, z_string in zip(*strings, strict=True):
+            z_hat = latent_coding.decode_z(self.entropy_bottleneck, z_string,
+                                           (self.N, *shape), device)
+            params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
+            y_hat = latent_coding.decode_y(self, y_string, params).to(device, torch.float32)
+            x_hats.append(self.g_s(y_hat.unsqueeze(0)).clamp(0, 1))
+        return {"x_hat": torch.cat(x_hats)}
 
     @property
     def config(self) -> dict:
