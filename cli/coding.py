@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -112,16 +113,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _open_image(path: str, data: bytes):
+    """Open lazily: the encoder inspects the undecoded file (16-bit PNG) before loading it."""
     from PIL import Image, UnidentifiedImageError
 
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # tiling copes
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise click.ClickException(f"{path}: not an image format Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise click.ClickException(f"{path}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise click.ClickException(f"{path}: cannot read image ({e})") from None
-    return img
 
 
 def _say(message: str, to_stderr: bool) -> None:
@@ -154,10 +157,13 @@ def encode(
     img = _open_image(input_path, read_input(input_path))
     registry.resolve(model, quality)  # fail on an unknown model before loading torch
 
-    from lsq.models.image_codec import encode_image_report
+    from lsq.models.image_codec import ImageCodecError, encode_image_report
 
     start = time.perf_counter()
-    stream, report = encode_image_report(img, model, quality, device)
+    try:
+        stream, report = encode_image_report(img, model, quality, device)
+    except ImageCodecError as e:
+        raise click.ClickException(f"{input_path}: {e}") from None
     elapsed = time.perf_counter() - start
     write_output(output, stream, force)
     if not quiet:

@@ -90,23 +90,45 @@ class LsqGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _flush_stdout()  # a full disk or closed pipe on stdout is an error of this command
+            return result
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
             raise CodecClickException("interrupted", 130) from None
         except Exception as e:
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                _silence_stdout()
                 raise click.exceptions.Exit(1) from None
             if isinstance(e, _expected_errors()):
                 raise CodecClickException(str(e)) from None
             if isinstance(e, OSError):
+                _silence_stdout()
                 raise CodecClickException(describe_os_error(e)) from None
             if os.environ.get("LSQ_DEBUG"):
                 raise
             raise CodecClickException(
                 f"internal error: {type(e).__name__}: {e}", INTERNAL_ERROR
             ) from None
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _silence_stdout()
+        raise
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's exit flush cannot fail again."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 @click.group(cls=LsqGroup, context_settings={"help_option_names": ["-h", "--help"]})

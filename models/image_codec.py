@@ -46,6 +46,7 @@ from lsq.models import registry
 
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
 DEFAULT_TILE = 1024
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageCodecError(ValueError):
@@ -114,13 +115,16 @@ def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, lis
     if _is_16bit_rgb(img) and img.mode in ("RGB", "RGBA"):
         flags |= FLAG_DEPTH_REDUCED
         notes.append("16-bit reduced to 8-bit")
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageCodecError(f"cannot read image data ({e})") from None
     if getattr(img, "n_frames", 1) > 1:
         flags |= FLAG_FRAMES_DROPPED
         notes.append(f"animated image: only the first of {img.n_frames} frames coded")
-    transposed = ImageOps.exif_transpose(img)
-    if transposed is not img and transposed.size != img.size:
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
         notes.append("EXIF orientation applied")
-    img = transposed
     if img.info.get("icc_profile"):
         notes.append("ICC profile dropped")
     mode = img.mode
@@ -162,7 +166,7 @@ def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, lis
             arr = np.asarray(img)
             rgb, alpha = np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
         else:
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     if alpha is not None:
         flags |= FLAG_ALPHA
         notes.append("alpha kept losslessly")
@@ -200,12 +204,12 @@ def encode_image_report(
         raise ImageCodecError(f"empty image ({width}x{height})")
     if width > MAX_SIDE or height > MAX_SIDE:
         raise ImageCodecError(f"image {width}x{height} too large: at most {MAX_SIDE} per side")
+    mode = img.mode
+    rgb, alpha, flags, notes = normalize(img)  # bad image data fails before the model loads
+    height, width = rgb.shape[:2]  # EXIF orientation may have swapped the sides
     config = registry.resolve(model, quality)
     name = config["name"]
     net = registry.load(name, str(dev))
-    mode = img.mode
-    rgb, alpha, flags, notes = normalize(img)
-    height, width = rgb.shape[:2]  # EXIF orientation may have swapped the sides
     sections: list[bytes] = []
     shapes: list[tuple[int, ...]] = []
     with torch.inference_mode():

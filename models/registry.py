@@ -66,8 +66,8 @@ def _read_config(path: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(folder: Path) -> tuple[dict[str, dict], str | None]:
-    """Configs by name and the default name; cached per folder (files are read-only)."""
+def _scan(folder: Path, mtime_ns: int) -> tuple[dict[str, dict], str | None]:
+    """Configs by name and the default name; cached per folder state."""
     configs = {}
     if folder.is_dir():
         for path in sorted(folder.glob("*.safetensors")):
@@ -85,7 +85,12 @@ def _scan(folder: Path) -> tuple[dict[str, dict], str | None]:
 
 
 def _configs() -> tuple[dict[str, dict], str | None]:
-    return _scan(weights_dir())
+    folder = weights_dir()
+    try:
+        mtime_ns = folder.stat().st_mtime_ns  # changes when weights are added or removed
+    except OSError:
+        mtime_ns = 0
+    return _scan(folder, mtime_ns)
 
 
 def default_name() -> str | None:

@@ -119,7 +119,7 @@ def encoded_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
 CASES = {
     "one": ("one.png", lambda: encoded_bytes(rng_image("RGB", (1, 1))), "RGB", None),
     "gray": ("gray.png", lambda: encoded_bytes(rng_image("L", (33, 17))), None, "grayscale"),
-    "gray16": ("g16.png", lambda: encoded_bytes(gray16((40, 30))), "L", "16-bit reduced"),
+    "gray16": ("g16.png", lambda: encoded_bytes(gray16((40, 30))), None, "16-bit reduced"),
     "rgba": ("rgba.png", lambda: encoded_bytes(rng_image("RGBA", (50, 40))), "RGBA", "alpha"),
     "gif": ("pal.gif", lambda: palette_gif((30, 20), False), None, "palette"),
 }
@@ -258,10 +258,13 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
     src = coded["gray"]["src"]
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"this is not an image")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(src.read_bytes()[:200])
     cases = [
         (["encode", tmp_path / "missing.png", "-o", tmp_path / "a.lsq"], "no such file"),
         (["decode", tmp_path / "missing.lsq", "-o", tmp_path / "a.png"], "no such file"),
         (["encode", junk, "-o", tmp_path / "a.lsq"], "not an image"),
+        (["encode", cut, "-o", tmp_path / "a.lsq"], "cut.png: cannot read image"),
         (["encode", src, "-o", tmp_path / "a.lsq", "--model", "nope"], "unknown model 'nope'"),
         (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "9"], "no quality 9"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.xyz"], "unknown output format"),
@@ -270,7 +273,7 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
     ]
     for args, fragment in cases:
         assert_one_line_error(lsq(env, *args), fragment)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.png", "junk.png"]
 
 
 def test_unknown_model_lists_valid_names(env: dict[str, str], coded: dict,
@@ -300,11 +303,13 @@ def test_cuda_without_cuda(env: dict[str, str], coded: dict, tmp_path: Path) -> 
     assert not (tmp_path / "a.lsq").exists()
 
 
-def test_disk_full_is_one_line(env: dict[str, str], coded: dict) -> None:
+@pytest.mark.parametrize("args", [["info"], ["decode", "-o", "-"]])
+def test_disk_full_is_one_line(env: dict[str, str], coded: dict, args: list[str]) -> None:
+    """stdout on a full disk: text (info) and binary (decode) output both fail cleanly."""
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     with open("/dev/full", "wb") as full:
-        result = subprocess.run(command("decode", coded["gray"]["lsq"], "-o", "-"),
+        result = subprocess.run(command(args[0], coded["gray"]["lsq"], *args[1:]),
                                 stdout=full, stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
     assert_one_line_error(result, "No space left on device")
 

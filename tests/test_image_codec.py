@@ -120,15 +120,15 @@ def test_animated_gif_codes_first_frame() -> None:
     assert any("first of 3 frames" in n for n in report.notes)
 
 
-def test_exif_orientation_is_applied() -> None:
-    img = noise("RGB", (16, 8))
+@pytest.mark.parametrize(("orientation", "size"), [(1, (16, 8)), (3, (16, 8)), (6, (8, 16))])
+def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int]) -> None:
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
+    exif[0x0112] = orientation
     buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif)
+    noise("RGB", (16, 8)).save(buf, "JPEG", exif=exif)
     data, report = image_codec.encode_image_report(Image.open(buf))
-    assert image_codec.decode_image(data).size == (8, 16)
-    assert "EXIF orientation applied" in report.notes
+    assert image_codec.decode_image(data).size == size
+    assert ("EXIF orientation applied" in report.notes) == (orientation != 1)
 
 
 def test_tiles_cover_the_image_and_coding_is_deterministic() -> None:
