@@ -297,7 +297,9 @@ def decode_image(data: bytes, device: str = "cpu") -> Image.Image:
             strings = [[sections[2 * i]], [sections[2 * i + 1]]]
             try:
                 x_hat = net.decompress(strings, header.latent_shapes[i])["x_hat"]
-            except (RuntimeError, ValueError, IndexError, OverflowError) as e:
+            # The container is intact, so a failing entropy decoder means crafted or corrupt
+            # sections; constriction reports invalid compressed data as AssertionError.
+            except (AssertionError, RuntimeError, ValueError, IndexError, OverflowError) as e:
                 raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
             if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
                 raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
