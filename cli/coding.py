@@ -63,8 +63,9 @@ def write_output(path: str, data: bytes, force: bool) -> None:
             view = view[os.write(sys.stdout.fileno(), view) :]
         return
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -74,9 +75,12 @@ def write_output(path: str, data: bytes, force: bool) -> None:
             os.replace(tmp, target)
         else:
             _link_no_clobber(tmp, target)
+    except OSError as e:  # name the user's path, not the temporary file
+        raise OSError(e.errno, e.strerror or str(e), path) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     _fsync_dir(target.parent)
 
 

@@ -11,7 +11,8 @@ recorded in the header flags (and in `EncodeReport.notes`):
 - 16-bit (I;16*, I, 16-bit RGB PNG) is reduced to 8 bits (v * 255 / 65535, rounded);
   F (float) is clipped to 0..255. Decoded as 8-bit L or RGB.
 - CMYK, YCbCr, LAB, HSV and other modes are converted to RGB by Pillow.
-- Animated images: only the first frame is coded. EXIF orientation is applied.
+- Animated images: only the first frame is coded. EXIF orientation is applied; ICC
+  profile, EXIF and XMP metadata are not stored (the report says so).
 
 Size: any image from 1x1 to 65535 per side. The image is cut into tiles of `tile` pixels
 (default 1024, so Kodak-sized images are one tile); each tile is padded to a multiple of
@@ -125,8 +126,9 @@ def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, lis
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
         notes.append("EXIF orientation applied")
-    if img.info.get("icc_profile"):
-        notes.append("ICC profile dropped")
+    dropped = [k for k in ("icc_profile", "exif", "xmp") if img.info.get(k)]
+    if dropped:
+        notes.append(f"metadata dropped: {', '.join(dropped)}")
     mode = img.mode
     alpha = None
     if mode in ("1", "L"):

@@ -191,15 +191,18 @@ def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
     from lsq.models.hyperprior import build_model
 
     config = _read_config(path)
-    net = build_model(config["family"], int(config["N"]), int(config["M"]))
-    state = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            t = f.get_tensor(key)
-            state[key] = t.float() if t.is_floating_point() else t
-    # Entropy tables are buffers of the state dict: never call update() here, it would
-    # rebuild them from floats and break bit-exact decoding across machines.
-    net.load_state_dict(state)
+    try:
+        net = build_model(config["family"], int(config["N"]), int(config["M"]))
+        state = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                state[key] = t.float() if t.is_floating_point() else t
+        # Entropy tables are buffers of the state dict: never call update() here, it would
+        # rebuild them from floats and break bit-exact decoding across machines.
+        net.load_state_dict(state)
+    except (ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
+        raise RegistryError(f"{path}: weights do not fit the model of its config ({e})") from None
     return net.to(device).eval()
 
 

@@ -324,3 +324,21 @@ def test_version_help_and_console_script(env: dict[str, str]) -> None:
     assert helped.returncode == 0
     for name in ("encode", "decode", "info", "models"):
         assert name in helped.stdout.decode()
+
+
+def test_atomic_write_in_process(tmp_path: Path) -> None:
+    """write_output: no clobbering without force, replacement with it, no temporaries left."""
+    from lsq.cli.coding import OutputExistsError, write_output
+
+    target = tmp_path / "out.bin"
+    write_output(str(target), b"one", force=False)
+    with pytest.raises(OutputExistsError):
+        write_output(str(target), b"two", force=False)
+    assert target.read_bytes() == b"one"
+    write_output(str(target), b"three", force=True)
+    assert target.read_bytes() == b"three"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError) as info:
+        write_output(str(tmp_path / "folder"), b"x", force=True)
+    assert info.value.filename == str(tmp_path / "folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "out.bin"]

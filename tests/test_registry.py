@@ -96,3 +96,9 @@ def test_bad_registry_json(folder: Path) -> None:
     (folder / "registry.json").write_text(json.dumps({"default": "missing"}))
     with pytest.raises(registry.RegistryError, match="not shipped"):
         registry.list_models()
+
+
+def test_weights_that_do_not_fit_their_config(folder: Path) -> None:
+    pytest.importorskip("lsq.models.hyperprior")
+    with pytest.raises(registry.RegistryError, match="do not fit the model"):
+        registry.load("scalar-q1")
