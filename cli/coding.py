@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from lsq.codec.bitstream import DEFAULT_MAX_PIXELS
+
 STDIO = "-"
 
 
@@ -215,9 +217,13 @@ def _save_as(img, fmt: str) -> tuple[bytes, list[str]]:
 @click.argument("input_path", metavar="IN")
 @click.option("-o", "--output", required=True, help="Output image (format from extension).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+              show_default=True, help="Refuse larger images (guards against crafted files).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
-def decode(input_path: str, output: str, device: str, force: bool, quiet: bool) -> None:
+def decode(
+    input_path: str, output: str, device: str, max_pixels: int, force: bool, quiet: bool
+) -> None:
     """Decode IN.lsq (- for stdin) to an image; - writes PNG to stdout."""
     from lsq.codec.bitstream import unpack
     from lsq.models import registry
@@ -231,7 +237,7 @@ def decode(input_path: str, output: str, device: str, force: bool, quiet: bool) 
     from lsq.models.image_codec import decode_image
 
     start = time.perf_counter()
-    img = decode_image(data, device)
+    img = decode_image(data, device, max_pixels)
     elapsed = time.perf_counter() - start
     encoded, notes = _save_as(img, fmt)
     write_output(output, encoded, force)

@@ -41,6 +41,9 @@ MAX_LATENT_NDIM = 4
 MAX_NAME_BYTES = 255
 MAX_MODE_BYTES = 16
 HASH_BYTES = 8
+# A tiny crafted file may claim 65535 x 65535 pixels (13 GB, hours of decoding); like
+# Pillow's decompression-bomb limit, decoders refuse more unless the caller raises it.
+DEFAULT_MAX_PIXELS = 1 << 28
 
 FLAG_ALPHA = 1 << 0  # an extra, last section holds the alpha plane (zlib of raw 8-bit bytes)
 FLAG_GRAY = 1 << 1  # coded as RGB from a grayscale image; decode restores L (or LA)

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 from lsq.codec.bitstream import (
+    DEFAULT_MAX_PIXELS,
     FLAG_ALPHA,
     FLAG_COLOR_CONVERTED,
     FLAG_DEPTH_REDUCED,
@@ -281,10 +282,17 @@ def decode_header(data: bytes) -> Header:
     return unpack(data)[0]
 
 
-def decode_image(data: bytes, device: str = "cpu") -> Image.Image:
+def decode_image(
+    data: bytes, device: str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode `.lsq` bytes to a Pillow image of the original size (L, LA, RGB or RGBA)."""
     dev = check_device(device)
     header, sections = unpack(data)
+    if header.width * header.height > max_pixels:
+        raise ImageCodecError(
+            f"image {header.width}x{header.height} exceeds the decoding limit of "
+            f"{max_pixels} pixels (raise it with --max-pixels)"
+        )
     for i, _, _, tw, th in _tiles(header.width, header.height, header.tile):
         if tuple(header.latent_shapes[i]) != _latent_shape(tw, th):
             raise BitstreamError(

@@ -270,6 +270,8 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.xyz"], "unknown output format"),
         (["encode", src, "-o", tmp_path / "nodir" / "a.lsq"], "does not exist"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "nodir" / "a.png"], "does not exist"),
+        (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--max-pixels", "10"],
+         "exceeds the decoding limit"),
     ]
     for args, fragment in cases:
         assert_one_line_error(lsq(env, *args), fragment)

@@ -187,6 +187,8 @@ def test_crafted_streams_with_valid_crc_are_refused() -> None:
         image_codec.decode_image(repacked(data, weights_hash=b"\x00" * 8))
     with pytest.raises(registry.ModelMismatchError, match="not installed"):
         image_codec.decode_image(repacked(data, model="elsewhere"))
+    with pytest.raises(image_codec.ImageCodecError, match="decoding limit of 699 pixels"):
+        image_codec.decode_image(data, max_pixels=699)
 
 
 def test_garbage_sections_decode_to_an_image_or_a_bitstream_error() -> None:
