@@ -20,6 +20,7 @@ import multiprocessing as mp
 import random
 import struct
 import time
+import warnings
 import zlib
 from collections import Counter
 
@@ -221,6 +222,7 @@ def main(cases: int, decode_cases: int, seed: int, hang_s: float) -> None:
     """Fuzz unpack() and decode_image(); exit 1 on any crash, hang or wrong error type."""
     from lsq.models import registry
 
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
     bad = 0
     seeds = synthetic_seeds()
     real: list[bytes] = []
