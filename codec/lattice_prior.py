@@ -29,7 +29,7 @@ _DUAL_TERMS = 3
 
 @lru_cache(maxsize=8)
 def _codewords(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(golay_code(), dtype=dtype, device=device)
+    return torch.tensor(golay_code(), dtype=dtype, device=device)
 
 
 def log_theta8(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
