@@ -221,8 +221,11 @@ def _save_as(img, fmt: str) -> tuple[bytes, list[str]]:
               show_default=True, help="Refuse larger images (guards against crafted files).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Original image: also print the PSNR (8-bit RGB) of the decoded one.")
 def decode(
-    input_path: str, output: str, device: str, max_pixels: int, force: bool, quiet: bool
+    input_path: str, output: str, device: str, max_pixels: int, force: bool, quiet: bool,
+    reference: str | None,
 ) -> None:
     """Decode IN.lsq (- for stdin) to an image; - writes PNG to stdout."""
     from lsq.codec.bitstream import unpack
@@ -246,6 +249,25 @@ def decode(
         _say(f"{output}: {img.width}x{img.height} {img.mode}, {elapsed:.2f} s", err)
         for note in notes:
             _say(f"note: {note}", err)
+    if reference is not None:
+        _say(f"PSNR {_psnr_against(reference, img):.2f} dB (RGB, 8-bit)", output == STDIO)
+
+
+def _psnr_against(reference: str, img) -> float:
+    """PSNR of a decoded image against the original file, both as 8-bit RGB."""
+    import numpy as np
+    from PIL import Image
+
+    from lsq.eval.metrics import psnr
+
+    with Image.open(reference) as ref:
+        ref_rgb = np.asarray(ref.convert("RGB"))
+    rec = np.asarray(img.convert("RGB"))
+    if ref_rgb.shape != rec.shape:
+        raise click.ClickException(
+            f"reference is {ref_rgb.shape[1]}x{ref_rgb.shape[0]}, decoded image is "
+            f"{rec.shape[1]}x{rec.shape[0]}")
+    return psnr(ref_rgb, rec)
 
 
 @click.command()

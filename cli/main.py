@@ -69,6 +69,7 @@ COMMANDS = {
     "plot": ("lsq.cli.evaluate", "plot"),
     "bdrate": ("lsq.cli.evaluate", "bdrate"),
     "train": ("lsq.cli.train", "train"),
+    "pack-shards": ("lsq.cli.train", "pack_shards"),
 }
 
 

@@ -74,16 +74,23 @@ class Decoder:
             raise ValueError("coded section length is not a multiple of 4")
         self.coder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, np.uint32).copy())
 
+    def _decode(self, *args) -> np.ndarray:
+        """constriction asserts on some invalid streams: report them as bad data."""
+        try:
+            return self.coder.decode(*args)
+        except (AssertionError, RuntimeError, ValueError) as e:
+            raise ValueError(f"corrupt coded section ({e})") from e
+
     def categorical(self, probs: np.ndarray) -> np.ndarray:
         if not len(probs):
             return np.zeros(0, np.int64)
-        out = self.coder.decode(_CATEGORICAL, np.ascontiguousarray(probs, np.float64))
+        out = self._decode(_CATEGORICAL, np.ascontiguousarray(probs, np.float64))
         return out.astype(np.int64)
 
     def raw(self, count: int) -> np.ndarray:
         if not count:
             return np.zeros(0, np.int64)
-        halves = self.coder.decode(_RAW, 2 * count).astype(np.int64).reshape(-1, 2)
+        halves = self._decode(_RAW, 2 * count).astype(np.int64).reshape(-1, 2)
         return (halves[:, 0] << 16) + halves[:, 1] - _RAW_BIAS
 
     def table_offsets(self, rows: np.ndarray, tab: tables.Tables) -> np.ndarray:
@@ -92,7 +99,7 @@ class Decoder:
         escaped = []
         for t, idx in groups:
             model = constriction.stream.model.Categorical(tab.row(t), perfect=False)
-            symbols = self.coder.decode(model, len(idx)).astype(np.int64)
+            symbols = self._decode(model, len(idx)).astype(np.int64)
             out[order[idx]] = symbols + tab.low[t]
             escaped.append(order[idx][symbols == tab.length[t] - 1])
         if escaped:
