@@ -242,7 +242,6 @@ class LeechCoder:
         n = len(scale)
         code = _golay()[0]
         r = np.zeros((n, 24), np.int64)
-        m_all = np.zeros(n, np.int64)
         parity = np.zeros((n, 24), np.int64)
         for lo in range(0, n, self.chunk):
             sl = slice(lo, lo + self.chunk)
@@ -256,7 +255,6 @@ class LeechCoder:
             m = digits[0]
             word = (digits[1] << 8) | (digits[2] << 4) | digits[3]
             r[sl] = (2 * code[word] + m[:, None]) & 3
-            m_all[sl] = m
             parity[sl] = self._parities(masses, r[sl], m, None, dec=dec)
         return self._offsets(None, dec, None, r, parity, scale, mean_q)
 
