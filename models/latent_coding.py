@@ -9,16 +9,20 @@ to table indices with comparisons and correctly rounded float64 operations only.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsq.codec import leech, tables
+from lsq.codec import tables
 from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
-from lsq.codec.quantizers import BLOCK, SHELL_NORM
+from lsq.codec.quantizers import (
+    BLOCK,
+    BSQQuantizer,
+    LeechQuantizer,
+    ScalarQuantizer,
+    SphericalLeechQuantizer,
+)
 
 WEIGHT_BITS = 12  # fixed-point fraction bits of h_s weights
 ACTIVATION_BITS = 8  # and of its activations
@@ -55,9 +59,9 @@ def _blocks(t: torch.Tensor) -> np.ndarray:
     return t.reshape(c // BLOCK, BLOCK, h, w).permute(0, 2, 3, 1).reshape(-1, BLOCK).cpu().numpy()
 
 
-def _unblocks(b: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+def _unblocks(b: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     c, h, w = shape
-    t = torch.from_numpy(np.ascontiguousarray(b)).reshape(c // BLOCK, h, w, BLOCK)
+    t = b.reshape(c // BLOCK, h, w, BLOCK)
     return t.permute(0, 3, 1, 2).reshape(c, h, w)
 
 
@@ -120,12 +124,13 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
         scales, means = (p.reshape(-1).cpu().numpy() for p in params.chunk(2, 0))
         gauss = tables.gauss_tables()
         rows = scale_index(_bounded(scales), gauss)
+        quantizer, mean_t = ScalarQuantizer(), torch.from_numpy(means).reshape(shape)
         if enc is not None:
-            symbols = np.round(y.reshape(-1).cpu().numpy() - means).astype(np.int64)
+            symbols = quantizer.symbols(y.cpu(), mean_t).reshape(-1).numpy()
             enc.table_offsets(symbols, rows, gauss)
         else:
             symbols = dec.table_offsets(rows, gauss)
-        return torch.from_numpy(symbols + means).reshape(shape)
+        return quantizer.reconstruct(torch.from_numpy(symbols).reshape(shape), mean_t)
     if kind == "bsq":
         logits = params.reshape(-1).cpu().numpy()
         idx = np.clip(np.floor(logits / tables.BSQ_LOGIT_STEP + 0.5), -tables.BSQ_LOGITS,
@@ -133,23 +138,23 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
         p1 = tables.bsq_probs()[idx]
         probs = np.stack([1 - p1, p1], axis=-1)
         if enc is not None:
-            bits = (y.reshape(-1).cpu().numpy() >= 0).astype(np.int64)
+            bits = BSQQuantizer().symbols(y.cpu()).reshape(-1).numpy()
             enc.categorical(bits, probs)
         else:
             bits = dec.categorical(probs)
-        return torch.from_numpy((2 * bits - 1) / math.sqrt(BLOCK)).reshape(shape)
+        return BSQQuantizer().reconstruct(torch.from_numpy(bits)).reshape(shape)
     scales, means = _blocks(params[:m]), _blocks(params[m : 2 * m])
-    step = float(model.coding_step)
+    step = model.coding_step.detach().cpu().to(torch.float64)
     coder = LeechCoder()
     if kind == "leech":
-        sigma, mean = _bounded(scales) / step, means / step
+        sigma, mean = _bounded(scales) / float(step), means / float(step)
         s, mq = scale_index(sigma, tables.theta_tables()), _mean_index(mean)
         if enc is not None:
-            points = leech.nearest(torch.from_numpy(_blocks(y) / step)).numpy()
+            points = LeechQuantizer().symbols(torch.from_numpy(_blocks(y)), step).numpy()
             coder.encode(enc, points, s, mq)
         else:
             points = coder.decode(dec, s, mq)
-        return _unblocks(points * step, shape)
+        return _unblocks(LeechQuantizer().reconstruct(torch.from_numpy(points), step), shape)
     # spherical-leech: shell point in the integer frame, then the gain
     s, mq = scale_index(_bounded(scales), tables.theta_tables()), _mean_index(means)
     k = m // BLOCK
@@ -158,13 +163,14 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
     gauss = tables.gauss_tables()
     rows = scale_index(_bounded(gain_scale), gauss)
     centre = np.floor(gain_mean + 0.5).astype(np.int64)
+    quantizer = SphericalLeechQuantizer()
     if enc is not None:
-        blocks = _blocks(y)
-        points = leech.nearest_shell(torch.from_numpy(blocks))[1].numpy()
-        gains = np.round(np.linalg.norm(blocks, axis=1) / step).astype(np.int64)
+        points_t, gains_t = quantizer.symbols(torch.from_numpy(_blocks(y)), step)
+        points, gains = points_t.numpy(), gains_t.reshape(-1).numpy()
         coder.encode(enc, points, s, mq)
         enc.table_offsets(gains - centre, rows, gauss)
     else:
         points = coder.decode(dec, s, mq)
         gains = dec.table_offsets(rows, gauss) + centre
-    return _unblocks(points / SHELL_NORM * (gains * step)[:, None], shape)
+    recon = quantizer.reconstruct(torch.from_numpy(points), torch.from_numpy(gains)[:, None], step)
+    return _unblocks(recon, shape)
