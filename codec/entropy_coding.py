@@ -149,35 +149,43 @@ def _class_masses(scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
     return c / c.max(axis=-1, keepdims=True)
 
 
+@lru_cache(maxsize=1)
+def _chunk_patterns() -> np.ndarray:
+    """(3, 4096): the 8-bit pattern of each codeword on coordinates 8k .. 8k+7."""
+    code = _golay()[0]
+    weights = 1 << np.arange(8)
+    return np.stack([code[:, 8 * k : 8 * k + 8] @ weights for k in range(3)])
+
+
 def _coset_masses(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Z(m, codeword) up to a per-block factor, for every coset: (n, 2, 4096).
 
-    Products run over three 8-coordinate chunks, each tabulated over its 256 patterns from
-    two 16-pattern nibble tables, always multiplied in the same order.
+    Each 8-coordinate chunk is tabulated over its 256 patterns (the outer product of two
+    16-pattern nibble tables); a codeword's product is then three lookups, always
+    multiplied in the same order.
     """
-    code = _golay()[0]
     bits = _nibble_patterns()
+    patterns = _chunk_patterns()
     n = a.shape[0]
-    out = np.empty((n, 2, len(code)), np.float64)
+    out = np.empty((n, 2, patterns.shape[1]), np.float64)
     for m in (0, 1):
-        prod_a = np.ones((n, len(code)))
-        prod_b = np.ones((n, len(code)))
-        for chunk in range(3):
-            tab_a, tab_b = [], []
-            for nib in range(2):
-                cols = slice(8 * chunk + 4 * nib, 8 * chunk + 4 * nib + 4)
-                va = a[:, cols, :][:, np.arange(4)[None, :], m + 2 * bits]  # (n, 16, 4)
-                vb = b[:, cols, :][:, np.arange(4)[None, :], m + 2 * bits]
-                pa, pb = va[..., 0], vb[..., 0]
-                for j in range(1, 4):
-                    pa, pb = pa * va[..., j], pb * vb[..., j]
-                tab_a.append(pa)
-                tab_b.append(pb)
-            lo = code[:, 8 * chunk : 8 * chunk + 4] @ (1 << np.arange(4))
-            hi = code[:, 8 * chunk + 4 : 8 * chunk + 8] @ (1 << np.arange(4))
-            prod_a = prod_a * (tab_a[0][:, lo] * tab_a[1][:, hi])
-            prod_b = prod_b * (tab_b[0][:, lo] * tab_b[1][:, hi])
-        out[:, m] = np.maximum(0.5 * (prod_a + (1 - 2 * m) * prod_b), 0.0)
+        prods = []
+        for values in (a, b):
+            chunks = []
+            for chunk in range(3):
+                nibbles = []
+                for nib in range(2):
+                    cols = slice(8 * chunk + 4 * nib, 8 * chunk + 4 * nib + 4)
+                    v = values[:, cols, :][:, np.arange(4)[None, :], m + 2 * bits]  # (n, 16, 4)
+                    p = v[..., 0]
+                    for j in range(1, 4):
+                        p = p * v[..., j]
+                    nibbles.append(p)
+                # pattern index = lo + 16 * hi
+                chunks.append((nibbles[1][:, :, None] * nibbles[0][:, None, :]).reshape(n, 256))
+            prods.append(chunks[0][:, patterns[0]] * chunks[1][:, patterns[1]]
+                         * chunks[2][:, patterns[2]])
+        out[:, m] = np.maximum(0.5 * (prods[0] + (1 - 2 * m) * prods[1]), 0.0)
     return out
 
 
