@@ -30,9 +30,9 @@ from lsq.codec.quantizers import (
     SphericalLeechQuantizer,
 )
 from lsq.models import latent_coding
+from lsq.models.latent_coding import SCALE_BOUND
 
 QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
-SCALE_BOUND = 0.11
 LIKELIHOOD_BOUND = 1e-9
 
 
@@ -126,10 +126,6 @@ class LsqHyperprior(CompressionModel):
             y_hat = latent_coding.decode_y(self, y_string, params).to(device, torch.float32)
             x_hats.append(self.g_s(y_hat.unsqueeze(0)).clamp(0, 1))
         return {"x_hat": torch.cat(x_hats)}
-
-    @property
-    def config(self) -> dict:
-        return {"family": self.quantizer, "N": self.N, "M": self.M}
 
     @property
     def hyper_channels(self) -> int:

@@ -27,7 +27,7 @@ from lsq.codec.quantizers import (
 WEIGHT_BITS = 12  # fixed-point fraction bits of h_s weights
 ACTIVATION_BITS = 8  # and of its activations
 EXACT_LIMIT = 2.0**52
-SCALE_BOUND = 0.11
+SCALE_BOUND = 0.11  # smallest scale, as CompressAI bounds its Gaussian conditional
 
 
 def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tensor:
