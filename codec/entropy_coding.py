@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import constriction
 import numpy as np
+import torch
 
 from lsq.codec import leech, tables
 
@@ -49,11 +50,10 @@ class Encoder:
 
     def table_offsets(self, offsets: np.ndarray, rows: np.ndarray, tab: tables.Tables) -> None:
         """Integers under their table rows, one constriction call per distinct row."""
-        order, groups = _groups(rows)
         escapes = []
-        for t, idx in groups:
+        for t, where in _groups(rows):
             escape = int(tab.length[t]) - 1
-            d = offsets[order[idx]] - tab.low[t]
+            d = offsets[where] - tab.low[t]
             outside = (d < 0) | (d >= escape)
             symbols = np.where(outside, escape, d).astype(np.int32)
             self.coder.encode(symbols, constriction.stream.model.Categorical(
@@ -94,28 +94,27 @@ class Decoder:
         return (halves[:, 0] << 16) + halves[:, 1] - _RAW_BIAS
 
     def table_offsets(self, rows: np.ndarray, tab: tables.Tables) -> np.ndarray:
-        order, groups = _groups(rows)
         out = np.zeros(len(rows), np.int64)
         escaped = []
-        for t, idx in groups:
+        for t, where in _groups(rows):
             model = constriction.stream.model.Categorical(tab.row(t), perfect=False)
-            symbols = self._decode(model, len(idx)).astype(np.int64)
-            out[order[idx]] = symbols + tab.low[t]
-            escaped.append(order[idx][symbols == tab.length[t] - 1])
+            symbols = self._decode(model, len(where)).astype(np.int64)
+            out[where] = symbols + tab.low[t]
+            escaped.append(where[symbols == tab.length[t] - 1])
         if escaped:
             where = np.concatenate(escaped)
             out[where] = self.raw(len(where))
         return out
 
 
-def _groups(rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """Stable grouping of positions by table row: (order, [(row, slice of order)])."""
+def _groups(rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Positions grouped by table row, rows ascending, positions in order: [(row, where)]."""
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     cuts = np.flatnonzero(np.diff(sorted_rows)) + 1
     bounds = np.concatenate([[0], cuts, [len(rows)]])
     spans = zip(bounds[:-1], bounds[1:], strict=True)
-    return order, [(int(sorted_rows[a]), np.arange(a, b)) for a, b in spans if b > a]
+    return [(int(sorted_rows[a]), order[a:b]) for a, b in spans if b > a]
 
 
 def scale_index(sigma: np.ndarray, tab: tables.Tables) -> np.ndarray:
@@ -124,15 +123,6 @@ def scale_index(sigma: np.ndarray, tab: tables.Tables) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- Leech lattice points
-
-
-@lru_cache(maxsize=1)
-def _golay() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Codewords, their packed 24-bit keys sorted, and the row of each sorted key."""
-    code = leech.golay_code().astype(np.int64)
-    keys = code @ (1 << np.arange(24, dtype=np.int64))
-    order = np.argsort(keys)
-    return code, keys[order], order
 
 
 def _nibble_patterns() -> np.ndarray:
@@ -152,7 +142,7 @@ def _class_masses(scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _chunk_patterns() -> np.ndarray:
     """(3, 4096): the 8-bit pattern of each codeword on coordinates 8k .. 8k+7."""
-    code = _golay()[0]
+    code = leech.golay_code().astype(np.int64)
     weights = 1 << np.arange(8)
     return np.stack([code[:, 8 * k : 8 * k + 8] @ weights for k in range(3)])
 
@@ -227,13 +217,9 @@ class LeechCoder:
     def encode(self, enc: Encoder, points: np.ndarray, scale: np.ndarray,
                mean_q: np.ndarray) -> None:
         points = points.astype(np.int64)
-        m = points[:, 0] & 1
+        m, word = (t.numpy() for t in leech.coset_of(points))
         r = points & 3
         q = (points - r) >> 2
-        bits = (r - m[:, None]) >> 1
-        _, keys, rows = _golay()
-        key = bits @ (1 << np.arange(24, dtype=np.int64))
-        word = rows[np.searchsorted(keys, key)]
         digits = [m, word >> 8, (word >> 4) & 15, word & 15]
         for lo in range(0, len(points), self.chunk):
             sl = slice(lo, lo + self.chunk)
@@ -248,7 +234,6 @@ class LeechCoder:
 
     def decode(self, dec: Decoder, scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
         n = len(scale)
-        code = _golay()[0]
         r = np.zeros((n, 24), np.int64)
         parity = np.zeros((n, 24), np.int64)
         for lo in range(0, n, self.chunk):
@@ -262,7 +247,7 @@ class LeechCoder:
                 digits.append(dec.categorical(_normalized(table[sel])))
             m = digits[0]
             word = (digits[1] << 8) | (digits[2] << 4) | digits[3]
-            r[sl] = (2 * code[word] + m[:, None]) & 3
+            r[sl] = leech.coset_residues(torch.from_numpy(m), torch.from_numpy(word)).numpy()
             parity[sl] = self._parities(masses, r[sl], m, None, dec=dec)
         return self._offsets(None, dec, None, r, parity, scale, mean_q)
 
@@ -288,10 +273,7 @@ class LeechCoder:
             suffix_b[:, j] = suffix_b[:, j + 1] * b[:, j]
         parity = np.zeros((n, 24), np.int64)
         need = m.copy()  # parity that q_j..q_23 must sum to
-        for j in range(24):
-            if j == 23:
-                parity[:, j] = need
-                break
+        for j in range(23):
             sign_even = 1 - 2 * need  # (-1)^(need - 0)
             w_even = c_even[:, j] * (suffix_a[:, j + 1] + sign_even * suffix_b[:, j + 1])
             w_odd = c_odd[:, j] * (suffix_a[:, j + 1] - sign_even * suffix_b[:, j + 1])
@@ -302,6 +284,7 @@ class LeechCoder:
             else:
                 parity[:, j] = dec.categorical(probs)
             need = need ^ parity[:, j]
+        parity[:, 23] = need
         return parity
 
     @staticmethod
