@@ -28,6 +28,18 @@ LEECH_UNIT_STEP = 2.0**-1.5
 SHELL_NORM = math.sqrt(32.0)
 
 
+def to_blocks(y: torch.Tensor) -> torch.Tensor:
+    """(B, M, H, W) -> (B, M/24, H, W, 24): blocks of 24 consecutive channels."""
+    b, m, h, w = y.shape
+    return y.reshape(b, m // BLOCK, BLOCK, h, w).permute(0, 1, 3, 4, 2)
+
+
+def from_blocks(blocks: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_blocks`."""
+    b, k, h, w, _ = blocks.shape
+    return blocks.permute(0, 1, 4, 2, 3).reshape(b, k * BLOCK, h, w)
+
+
 class Proxy(NamedTuple):
     """What training uses: ``rate_input`` feeds the entropy model, ``recon`` the synthesis."""
 

@@ -28,24 +28,14 @@ from lsq.codec.quantizers import (
     LeechQuantizer,
     ScalarQuantizer,
     SphericalLeechQuantizer,
+    from_blocks,
+    to_blocks,
 )
 from lsq.models import latent_coding
 from lsq.models.latent_coding import SCALE_BOUND
 
 QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
 LIKELIHOOD_BOUND = 1e-9
-
-
-def to_blocks(y: torch.Tensor) -> torch.Tensor:
-    """(B, M, H, W) -> (B, M/24, H, W, 24): blocks of 24 consecutive channels."""
-    b, m, h, w = y.shape
-    return y.reshape(b, m // BLOCK, BLOCK, h, w).permute(0, 1, 3, 4, 2)
-
-
-def from_blocks(blocks: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_blocks`."""
-    b, k, h, w, _ = blocks.shape
-    return blocks.permute(0, 1, 4, 2, 3).reshape(b, k * BLOCK, h, w)
 
 
 def spread(log_p_blocks: torch.Tensor) -> torch.Tensor:

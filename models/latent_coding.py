@@ -22,6 +22,8 @@ from lsq.codec.quantizers import (
     LeechQuantizer,
     ScalarQuantizer,
     SphericalLeechQuantizer,
+    from_blocks,
+    to_blocks,
 )
 
 WEIGHT_BITS = 12  # fixed-point fraction bits of h_s weights
@@ -54,15 +56,13 @@ def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tenso
 
 
 def _blocks(t: torch.Tensor) -> np.ndarray:
-    """(C, H, W) -> (C/24 * H * W, 24) float64, blocks of 24 consecutive channels."""
-    c, h, w = t.shape
-    return t.reshape(c // BLOCK, BLOCK, h, w).permute(0, 2, 3, 1).reshape(-1, BLOCK).cpu().numpy()
+    """(C, H, W) -> (C/24 * H * W, 24): the model's blocks, flattened in order."""
+    return to_blocks(t[None]).reshape(-1, BLOCK).cpu().numpy()
 
 
 def _unblocks(b: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     c, h, w = shape
-    t = b.reshape(c // BLOCK, h, w, BLOCK)
-    return t.permute(0, 3, 1, 2).reshape(c, h, w)
+    return from_blocks(b.reshape(1, c // BLOCK, h, w, BLOCK))[0]
 
 
 def _mean_index(mean: np.ndarray) -> np.ndarray:
