@@ -4,9 +4,11 @@ Three kinds of symbols, each coded exactly under the model that training optimiz
 - integer offsets under a tabulated row (``Tables``), grouped by row so that each group
   is one constriction call; offsets outside the row go through an escape symbol followed
   by the raw value, so nothing is ever clipped;
-- Leech lattice points under the exact prior of DESIGN.md section 5: the coset (m, then
-  the Golay codeword in three 4-bit pieces), the parity of each q_i given the rest, then
-  the offset of each q_i inside its parity class (``LeechCoder``);
+- Leech lattice points under the exact prior of DESIGN.md section 5, in groups of blocks:
+  the coset (m, then the Golay codeword through the code's trio of octads: class c0, its
+  partner j, complement bits s), the parity of each q_i given the rest, then the offset of
+  each q_i inside its parity class (``LeechCoder``). The product of the coded
+  probabilities is P(x), exactly as with one 8,192-symbol coset alphabet;
 - bits under tabulated Bernoulli probabilities (BSQ).
 All model arithmetic is elementwise float64 in a fixed order (no BLAS, no libm), so the
 decoder rebuilds bit-identical probabilities.
@@ -14,6 +16,7 @@ decoder rebuilds bit-identical probabilities.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import constriction
@@ -109,7 +112,8 @@ class Decoder:
 
 def _groups(rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """Positions grouped by table row, rows ascending, positions in order: [(row, where)]."""
-    order = np.argsort(rows, kind="stable")
+    key = rows.astype(np.int16) if rows.max(initial=0) < 1 << 15 else rows
+    order = np.argsort(key, kind="stable")  # a radix sort for 16-bit keys
     sorted_rows = rows[order]
     cuts = np.flatnonzero(np.diff(sorted_rows)) + 1
     bounds = np.concatenate([[0], cuts, [len(rows)]])
@@ -125,84 +129,148 @@ def scale_index(sigma: np.ndarray, tab: tables.Tables) -> np.ndarray:
 # ---------------------------------------------------------------- Leech lattice points
 
 
-def _nibble_patterns() -> np.ndarray:
-    """(16, 4) bits of each 4-bit pattern."""
-    return (np.arange(16)[:, None] >> np.arange(4)) & 1
-
-
 def _class_masses(scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
     """C_i(k) for k = 0..7 from the tables, normalized per coordinate: (n, 24, 8)."""
     k = np.arange(8, dtype=np.int64)
-    delta = mean_q[..., None] - k * tables.MEAN_GRID
-    phase = delta - tables.PHASES * np.floor_divide(delta, tables.PHASES)
-    c = tables.theta_sum()[scale[..., None], phase]
+    phase = (mean_q[..., None] - k * tables.MEAN_GRID) & (tables.PHASES - 1)
+    c = np.take(tables.theta_sum(), (scale << tables.PHASE_BITS)[..., None] + phase)
     return c / c.max(axis=-1, keepdims=True)
 
 
-@lru_cache(maxsize=1)
-def _chunk_patterns() -> np.ndarray:
-    """(3, 4096): the 8-bit pattern of each codeword on coordinates 8k .. 8k+7."""
-    code = leech.golay_code().astype(np.int64)
-    weights = 1 << np.arange(8)
-    return np.stack([code[:, 8 * k : 8 * k + 8] @ weights for k in range(3)])
-
-
-def _coset_masses(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Z(m, codeword) up to a per-block factor, for every coset: (n, 2, 4096).
-
-    Each 8-coordinate chunk is tabulated over its 256 patterns (the outer product of two
-    16-pattern nibble tables); a codeword's product is then three lookups, always
-    multiplied in the same order.
-    """
-    bits = _nibble_patterns()
-    patterns = _chunk_patterns()
-    n = a.shape[0]
-    out = np.empty((n, 2, patterns.shape[1]), np.float64)
-    for m in (0, 1):
-        prods = []
-        for values in (a, b):
-            chunks = []
-            for chunk in range(3):
-                nibbles = []
-                for nib in range(2):
-                    cols = slice(8 * chunk + 4 * nib, 8 * chunk + 4 * nib + 4)
-                    v = values[:, cols, :][:, np.arange(4)[None, :], m + 2 * bits]  # (n, 16, 4)
-                    p = v[..., 0]
-                    for j in range(1, 4):
-                        p = p * v[..., j]
-                    nibbles.append(p)
-                # pattern index = lo + 16 * hi
-                chunks.append((nibbles[1][:, :, None] * nibbles[0][:, None, :]).reshape(n, 256))
-            prods.append(chunks[0][:, patterns[0]] * chunks[1][:, patterns[1]]
-                         * chunks[2][:, patterns[2]])
-        out[:, m] = np.maximum(0.5 * (prods[0] + (1 - 2 * m) * prods[1]), 0.0)
-    return out
-
-
 def _sum_last(x: np.ndarray) -> np.ndarray:
-    """Sum over the last axis in a fixed left-to-right order (no pairwise/SIMD reduction)."""
+    """Sum over the last axis in a fixed order (halving while even, then left to right), so
+    the result never depends on numpy's SIMD or pairwise reduction."""
+    while x.shape[-1] > 1 and x.shape[-1] % 2 == 0:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
     total = x[..., 0].copy()
     for i in range(1, x.shape[-1]):
         total += x[..., i]
     return total
 
 
-def _coset_steps(z: np.ndarray) -> list[np.ndarray]:
-    """Marginal tables for coding m, then codeword index bits 11..8, 7..4, 3..0."""
-    n = z.shape[0]
-    z4 = z.reshape(n, 2, 16, 16, 16)
-    s3 = _sum_last(z4)  # (n, 2, 16, 16)
-    s2 = _sum_last(s3)  # (n, 2, 16)
-    s1 = _sum_last(s2)  # (n, 2)
-    return [s1, s2, s3, z4]
-
-
 def _normalized(p: np.ndarray) -> np.ndarray:
-    """Rows with zero total become uniform, so both sides agree on a valid model."""
-    total = _sum_last(p)
-    flat = total <= 0
-    p = np.where(flat[..., None], 1.0, p)
-    return np.ascontiguousarray(p)
+    """Negative rounding residue clipped; rows with zero total become uniform, so both sides
+    agree on a valid model."""
+    p = np.maximum(p, 0.0)
+    flat = _sum_last(p) <= 0
+    return np.ascontiguousarray(np.where(flat[..., None], 1.0, p))
+
+
+@dataclass(frozen=True)
+class _Trio:
+    """The Golay code seen through its trio of octads (coordinates 0-7, 8-15, 16-23).
+
+    Chunk k of a codeword is a class (its 8-bit pattern up to complement: 64 classes, each
+    represented by the pattern with bit 0 clear) and a complement bit. Turyn's construction
+    makes the code a product: any class c0, one of 8 classes c1 for it, the class c2 fixed
+    by (c0, c1), and any 3 complement bits s. Sums over the 4,096 codewords of a product
+    over coordinates thus cost 512 products instead of 4,096, and a codeword is coded as
+    c0 (64-ary), j (8-ary), s (8-ary).
+    """
+
+    rep: np.ndarray  # (64,) class patterns
+    nibble_index: np.ndarray  # (4, 64): low, 16 + high nibble of rep and of its complement
+    tail_index: np.ndarray  # (2, 8, 64): classes c1 and 64 + c2 of (c0, j), j-major
+    second: np.ndarray  # (64, 8) class c1 of (c0, j)
+    third: np.ndarray  # (64, 8) class c2 of (c0, j)
+    word: np.ndarray  # (64, 8, 8) golay_code() row of (c0, j, s)
+    position: np.ndarray  # (4096,) c0 * 64 + j * 8 + s of each golay_code() row
+
+
+@lru_cache(maxsize=1)
+def trio() -> _Trio:
+    code = leech.golay_code().astype(np.int64)
+    patterns = np.stack([code[:, 8 * k : 8 * k + 8] @ (1 << np.arange(8)) for k in range(3)], 1)
+    flip = patterns & 1
+    rep, cls = np.unique(patterns ^ (255 * flip), return_inverse=True)
+    cls = cls.reshape(patterns.shape)
+    s = flip[:, 0] + 2 * flip[:, 1] + 4 * flip[:, 2]
+    word = np.lexsort((s, cls[:, 1], cls[:, 0])).reshape(64, 8, 8)
+    position = np.empty(len(code), np.int64)
+    position[word.reshape(-1)] = np.arange(len(code))
+    second, third = cls[word[:, :, 0], 1], cls[word[:, :, 0], 2]
+    nibble_index = np.stack([rep & 15, 16 + (rep >> 4), 15 - (rep & 15), 31 - (rep >> 4)])
+    return _Trio(rep, nibble_index, np.stack([second.T, 64 + third.T]), second, third, word,
+                 position)
+
+
+def _nibble_products(g: np.ndarray) -> np.ndarray:
+    """(..., 6, 16) products over each 4-coordinate nibble of g (..., 24, 2) [coordinate,
+    bit], for the 16 bit patterns (pattern index = sum of bit_j 2^j)."""
+    g = g.reshape(*g.shape[:-2], 6, 4, 2)
+    prod = g[..., 0, :]
+    for j in range(1, 4):
+        prod = (g[..., j, :, None] * prod[..., None, :]).reshape(*prod.shape[:-1], -1)
+    return prod
+
+
+def _chunk_product(nibbles: np.ndarray, chunk: int, patterns: np.ndarray) -> np.ndarray:
+    """Products over chunk ``chunk`` for 8-bit patterns (broadcast against nibbles[..., 0, 0])."""
+    lo = np.take_along_axis(nibbles[..., 2 * chunk, :], patterns & 15, axis=-1)
+    hi = np.take_along_axis(nibbles[..., 2 * chunk + 1, :], patterns >> 4, axis=-1)
+    return lo * hi
+
+
+class _CosetModel:
+    """The coset masses of a chunk of blocks, as the four product functions they combine.
+
+    With a_i(r) = C_i(r) + C_i(r + 4) and b_i(r) = C_i(r) - C_i(r + 4), the mass of coset
+    (m, c) is (prod_i a_i(m + 2 c_i) + (-1)^m prod_i b_i(m + 2 c_i)) / 2 (DESIGN.md section
+    5). Index f = 2 m + (0 for a, 1 for b) picks one product function.
+    """
+
+    def __init__(self, masses: np.ndarray) -> None:
+        t = trio()
+        a = masses[..., :4] + masses[..., 4:]
+        b = masses[..., :4] - masses[..., 4:]
+        g = np.stack([a[..., 0::2], b[..., 0::2], a[..., 1::2], b[..., 1::2]], axis=1)
+        self.nibbles = _nibble_products(g)  # (n, 4, 6, 16)
+        n = len(masses)
+        x = np.take(self.nibbles.reshape(n, 4, 3, 32), t.nibble_index, axis=-1)
+        # class masses, both complements: (n, 4, 3, 64)
+        self.alpha = x[..., 0, :] * x[..., 1, :] + x[..., 2, :] * x[..., 3, :]
+        tail = np.take(self.alpha[:, :, 1:].reshape(n, 4, 128), t.tail_index, axis=-1)
+        self.tail = _sum_last(np.moveaxis(tail[:, :, 0] * tail[:, :, 1], -2, -1))  # (n, 4, 64)
+        self.total = _sum_last(self.alpha[:, :, 0] * self.tail)  # (n, 4)
+
+    @staticmethod
+    def _signed(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """a-part + (-1)^m b-part of x (n, 2, ...) [a, b]."""
+        sign = (1 - 2 * m).reshape((-1,) + (1,) * (x.ndim - 2))
+        return x[:, 0] + sign * x[:, 1]
+
+    def m_probs(self) -> np.ndarray:
+        return _normalized(np.stack([self.total[:, 0] + self.total[:, 1],
+                                     self.total[:, 2] - self.total[:, 3]], axis=-1))
+
+    def c0_probs(self, m: np.ndarray) -> np.ndarray:
+        f = self._pair(m)
+        return _normalized(self._signed((self.alpha[:, :, 0] * self.tail)[f], m))
+
+    def j_probs(self, m: np.ndarray, c0: np.ndarray) -> np.ndarray:
+        t = trio()
+        f = self._pair(m)
+        alpha = self.alpha[f]  # (n, 2, 3, 64)
+        second = np.take_along_axis(alpha[:, :, 1], t.second[c0][:, None, :], axis=-1)
+        third = np.take_along_axis(alpha[:, :, 2], t.third[c0][:, None, :], axis=-1)
+        return _normalized(self._signed(second * third, m))
+
+    def s_probs(self, m: np.ndarray, c0: np.ndarray, j: np.ndarray) -> np.ndarray:
+        t = trio()
+        nibbles = self.nibbles[self._pair(m)]  # (n, 2, 6, 16)
+        s = np.arange(8)
+        prod = None
+        for k, cls in enumerate((c0, t.second[c0, j], t.third[c0, j])):
+            patterns = t.rep[cls][:, None] ^ (255 * ((s >> k) & 1))  # (n, 8)
+            term = _chunk_product(nibbles, k, np.broadcast_to(patterns[:, None], (len(m), 2, 8)))
+            prod = term if prod is None else prod * term
+        return _normalized(self._signed(prod, m))
+
+    @staticmethod
+    def _pair(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index (rows, functions) selecting [a, b] of each block's coset type m."""
+        return np.arange(len(m))[:, None], 2 * m[:, None] + np.arange(2)
 
 
 class LeechCoder:
@@ -212,50 +280,54 @@ class LeechCoder:
     1 / MEAN_GRID. Both are integer arrays (n, 24) and fully determine the model.
     """
 
-    chunk = 1024
+    group = 16384  # blocks coded together: cosets, then parities, then offsets
+    chunk = 128  # blocks per coset-model evaluation, small enough to stay in cache
 
     def encode(self, enc: Encoder, points: np.ndarray, scale: np.ndarray,
                mean_q: np.ndarray) -> None:
-        points = points.astype(np.int64)
-        m, word = (t.numpy() for t in leech.coset_of(points))
-        r = points & 3
-        q = (points - r) >> 2
-        digits = [m, word >> 8, (word >> 4) & 15, word & 15]
-        for lo in range(0, len(points), self.chunk):
-            sl = slice(lo, lo + self.chunk)
-            masses = _class_masses(scale[sl], mean_q[sl])
-            steps = _coset_steps(self._coset(masses))
-            idx = np.arange(len(m[sl]))
-            for level, table in enumerate(steps):
-                sel = (idx,) + tuple(d[sl] for d in digits[:level])
-                enc.categorical(digits[level][sl], _normalized(table[sel]))
-            self._parities(masses, r[sl], m[sl], q[sl], enc=enc)
-        self._offsets(enc, None, points, r, q, scale, mean_q)
+        for sl in self._group_slices(len(points)):
+            self._encode_group(enc, points[sl].astype(np.int64), scale[sl], mean_q[sl])
 
     def decode(self, dec: Decoder, scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._decode_group(dec, scale[sl], mean_q[sl])
+                               for sl in self._group_slices(len(scale))])
+
+    def _group_slices(self, n: int) -> list[slice]:
+        return [slice(lo, lo + self.group) for lo in range(0, max(n, 1), self.group)]
+
+    def _encode_group(self, enc: Encoder, points: np.ndarray, scale: np.ndarray,
+                      mean_q: np.ndarray) -> None:
+        m, word = (t.numpy() for t in leech.coset_of(points))
+        position = trio().position[word]
+        c0, j, s = position >> 6, (position >> 3) & 7, position & 7
+        masses = _class_masses(scale, mean_q)
+        for lo in range(0, len(points), self.chunk):
+            sl = slice(lo, lo + self.chunk)
+            model = _CosetModel(masses[sl])
+            enc.categorical(m[sl], model.m_probs())
+            enc.categorical(c0[sl], model.c0_probs(m[sl]))
+            enc.categorical(j[sl], model.j_probs(m[sl], c0[sl]))
+            enc.categorical(s[sl], model.s_probs(m[sl], c0[sl], j[sl]))
+        r = points & 3
+        q = (points - r) >> 2
+        self._parities(masses, r, m, q, enc=enc)
+        self._offsets(enc, None, points, r, q, scale, mean_q)
+
+    def _decode_group(self, dec: Decoder, scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
         n = len(scale)
-        r = np.zeros((n, 24), np.int64)
-        parity = np.zeros((n, 24), np.int64)
+        m = np.zeros(n, np.int64)
+        word = np.zeros(n, np.int64)
+        masses = _class_masses(scale, mean_q)
         for lo in range(0, n, self.chunk):
             sl = slice(lo, lo + self.chunk)
-            masses = _class_masses(scale[sl], mean_q[sl])
-            steps = _coset_steps(self._coset(masses))
-            idx = np.arange(len(masses))
-            digits: list[np.ndarray] = []
-            for table in steps:
-                sel = (idx,) + tuple(digits)
-                digits.append(dec.categorical(_normalized(table[sel])))
-            m = digits[0]
-            word = (digits[1] << 8) | (digits[2] << 4) | digits[3]
-            r[sl] = leech.coset_residues(torch.from_numpy(m), torch.from_numpy(word)).numpy()
-            parity[sl] = self._parities(masses, r[sl], m, None, dec=dec)
+            model = _CosetModel(masses[sl])
+            m[sl] = dec.categorical(model.m_probs())
+            c0 = dec.categorical(model.c0_probs(m[sl]))
+            j = dec.categorical(model.j_probs(m[sl], c0))
+            word[sl] = trio().word[c0, j, dec.categorical(model.s_probs(m[sl], c0, j))]
+        r = leech.coset_residues(torch.from_numpy(m), torch.from_numpy(word)).numpy()
+        parity = self._parities(masses, r, m, None, dec=dec)
         return self._offsets(None, dec, None, r, parity, scale, mean_q)
-
-    @staticmethod
-    def _coset(masses: np.ndarray) -> np.ndarray:
-        a = masses[..., :4] + masses[..., 4:]
-        b = masses[..., :4] - masses[..., 4:]
-        return _coset_masses(a, b).reshape(len(masses), -1)
 
     @staticmethod
     def _parities(masses: np.ndarray, r: np.ndarray, m: np.ndarray, q: np.ndarray | None,
@@ -277,7 +349,7 @@ class LeechCoder:
             sign_even = 1 - 2 * need  # (-1)^(need - 0)
             w_even = c_even[:, j] * (suffix_a[:, j + 1] + sign_even * suffix_b[:, j + 1])
             w_odd = c_odd[:, j] * (suffix_a[:, j + 1] - sign_even * suffix_b[:, j + 1])
-            probs = _normalized(np.maximum(np.stack([w_even, w_odd], axis=-1), 0.0))
+            probs = _normalized(np.stack([w_even, w_odd], axis=-1))
             if enc is not None:
                 parity[:, j] = q[:, j] & 1
                 enc.categorical(parity[:, j], probs)
@@ -295,9 +367,9 @@ class LeechCoder:
         parity = q_or_parity & 1
         cls = r + 4 * parity
         delta = mean_q - cls * tables.MEAN_GRID
-        h0 = np.floor_divide(delta, tables.PHASES)
-        phase = delta - tables.PHASES * h0
-        rows = (scale * tables.PHASES + phase).reshape(-1)
+        h0 = delta >> tables.PHASE_BITS
+        phase = delta & (tables.PHASES - 1)
+        rows = ((scale << tables.PHASE_BITS) + phase).reshape(-1)
         tab = tables.theta_tables()
         if enc is not None:
             h = (q_or_parity - parity) >> 1

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 TABLE_FILE = Path(__file__).with_name("coding_tables.npz")
-MEAN_GRID = 4  # lattice means are rounded to 1/4 of an integer-frame unit
-PHASES = 8 * MEAN_GRID
+PHASE_BITS = 5
+PHASES = 1 << PHASE_BITS  # phases of a mean against the period 8 of a lattice class
+MEAN_GRID = PHASES // 8  # lattice means are rounded to 1/4 of an integer-frame unit
 GAUSS_SCALES = np.geomspace(0.11, 256.0, 64)
 THETA_SCALES = np.geomspace(0.25, 512.0, 64)
 TAIL_SIGMAS = 8.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lsq.codec import leech, tables
-from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
+from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index, trio
 from lsq.codec.lattice_prior import leech_log_prob
 
 
@@ -24,11 +24,32 @@ def _random_blocks(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return points, scale, mean_q
 
 
-def test_leech_points_round_trip_exactly() -> None:
-    points, scale, mean_q = _random_blocks(1500, seed=3)
+def test_trio_factorizes_the_golay_code() -> None:
+    """Every codeword is (class c0, partner j, complement bits s), once each, with the
+    partner classes depending on (c0, j) only: the structure the coset sums rely on."""
+    t = trio()
+    code = leech.golay_code().astype(np.int64)
+    assert sorted(t.word.reshape(-1)) == list(range(4096))
+    c0, j, s = np.meshgrid(np.arange(64), np.arange(8), np.arange(8), indexing="ij")
+    for k, cls in enumerate((c0, t.second[c0, j], t.third[c0, j])):
+        flip = (s >> k) & 1
+        expected = t.rep[cls] ^ (255 * flip)
+        got = code[t.word, 8 * k : 8 * k + 8] @ (1 << np.arange(8))
+        assert np.array_equal(got, expected)
+    assert np.array_equal(t.position[t.word], np.arange(4096).reshape(64, 8, 8))
+
+
+@pytest.mark.parametrize(("n", "group", "chunk"), [(1500, None, None), (1500, 500, 64),
+                                                  (0, None, None)])
+def test_leech_points_round_trip_exactly(n: int, group: int | None, chunk: int | None) -> None:
+    points, scale, mean_q = _random_blocks(n, seed=3)
+    coder = LeechCoder()
+    coder.group = group or coder.group
+    coder.chunk = chunk or coder.chunk
     enc = Encoder()
-    LeechCoder().encode(enc, points, scale, mean_q)
-    decoded = LeechCoder().decode(Decoder(enc.finish()), scale, mean_q)
+    coder.encode(enc, points, scale, mean_q)
+    decoded = coder.decode(Decoder(enc.finish()), scale, mean_q)
+    assert decoded.shape == (n, 24)
     assert np.array_equal(decoded, points)
 
 
