@@ -107,15 +107,21 @@ class LsqHyperprior(CompressionModel):
 
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int]) -> dict:
         """Inverse of :meth:`compress`; the hyper path is bit-exact on any device."""
+        y_hat = torch.stack(self.decompress_latents(strings, shape)).to(torch.float32)
+        return {"x_hat": self.g_s(y_hat).clamp(0, 1)}
+
+    def decompress_latents(self, strings: list[list[bytes]],
+                           shape: tuple[int, int]) -> list[torch.Tensor]:
+        """The decoded latents y_hat (float64, one per image): what must agree bit for bit
+        wherever a stream is decoded, before the float synthesis transform."""
         device = next(self.parameters()).device
-        x_hats = []
+        y_hats = []
         for y_string, z_string in zip(*strings, strict=True):
             z_hat = latent_coding.decode_z(self.entropy_bottleneck, z_string,
                                            (self.N, *shape), device)
             params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
-            y_hat = latent_coding.decode_y(self, y_string, params).to(device, torch.float32)
-            x_hats.append(self.g_s(y_hat.unsqueeze(0)).clamp(0, 1))
-        return {"x_hat": torch.cat(x_hats)}
+            y_hats.append(latent_coding.decode_y(self, y_string, params).to(device))
+        return y_hats
 
     @property
     def hyper_channels(self) -> int:
