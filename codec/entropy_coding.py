@@ -137,7 +137,7 @@ def _class_masses(scale: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
     return c / c.max(axis=-1, keepdims=True)
 
 
-def _sum_last(x: np.ndarray) -> np.ndarray:
+def sum_last(x: np.ndarray) -> np.ndarray:
     """Sum over the last axis in a fixed order (halving while even, then left to right), so
     the result never depends on numpy's SIMD or pairwise reduction."""
     while x.shape[-1] > 1 and x.shape[-1] % 2 == 0:
@@ -149,12 +149,13 @@ def _sum_last(x: np.ndarray) -> np.ndarray:
     return total
 
 
-def _normalized(p: np.ndarray) -> np.ndarray:
-    """Negative rounding residue clipped; rows with zero total become uniform, so both sides
-    agree on a valid model."""
+def normalized(p: np.ndarray) -> np.ndarray:
+    """Rows of masses as constriction takes them: negative rounding residue clipped, each row
+    divided by its maximum (constriction fails on rows of tiny total, and the maximum, unlike
+    a sum, does not depend on the order of summation), rows of zeros made uniform."""
     p = np.maximum(p, 0.0)
-    flat = _sum_last(p) <= 0
-    return np.ascontiguousarray(np.where(flat[..., None], 1.0, p))
+    top = p.max(axis=-1, keepdims=True)
+    return np.ascontiguousarray(np.where(top > 0, p / np.where(top > 0, top, 1.0), 1.0))
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,8 @@ class _CosetModel:
         # class masses, both complements: (n, 4, 3, 64)
         self.alpha = x[..., 0, :] * x[..., 1, :] + x[..., 2, :] * x[..., 3, :]
         tail = np.take(self.alpha[:, :, 1:].reshape(n, 4, 128), t.tail_index, axis=-1)
-        self.tail = _sum_last(np.moveaxis(tail[:, :, 0] * tail[:, :, 1], -2, -1))  # (n, 4, 64)
-        self.total = _sum_last(self.alpha[:, :, 0] * self.tail)  # (n, 4)
+        self.tail = sum_last(np.moveaxis(tail[:, :, 0] * tail[:, :, 1], -2, -1))  # (n, 4, 64)
+        self.total = sum_last(self.alpha[:, :, 0] * self.tail)  # (n, 4)
 
     @staticmethod
     def _signed(x: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -241,12 +242,12 @@ class _CosetModel:
         return x[:, 0] + sign * x[:, 1]
 
     def m_probs(self) -> np.ndarray:
-        return _normalized(np.stack([self.total[:, 0] + self.total[:, 1],
-                                     self.total[:, 2] - self.total[:, 3]], axis=-1))
+        return normalized(np.stack([self.total[:, 0] + self.total[:, 1],
+                                    self.total[:, 2] - self.total[:, 3]], axis=-1))
 
     def c0_probs(self, m: np.ndarray) -> np.ndarray:
         f = self._pair(m)
-        return _normalized(self._signed((self.alpha[:, :, 0] * self.tail)[f], m))
+        return normalized(self._signed((self.alpha[:, :, 0] * self.tail)[f], m))
 
     def j_probs(self, m: np.ndarray, c0: np.ndarray) -> np.ndarray:
         t = trio()
@@ -254,7 +255,7 @@ class _CosetModel:
         alpha = self.alpha[f]  # (n, 2, 3, 64)
         second = np.take_along_axis(alpha[:, :, 1], t.second[c0][:, None, :], axis=-1)
         third = np.take_along_axis(alpha[:, :, 2], t.third[c0][:, None, :], axis=-1)
-        return _normalized(self._signed(second * third, m))
+        return normalized(self._signed(second * third, m))
 
     def s_probs(self, m: np.ndarray, c0: np.ndarray, j: np.ndarray) -> np.ndarray:
         t = trio()
@@ -265,7 +266,7 @@ class _CosetModel:
             patterns = t.rep[cls][:, None] ^ (255 * ((s >> k) & 1))  # (n, 8)
             term = _chunk_product(nibbles, k, np.broadcast_to(patterns[:, None], (len(m), 2, 8)))
             prod = term if prod is None else prod * term
-        return _normalized(self._signed(prod, m))
+        return normalized(self._signed(prod, m))
 
     @staticmethod
     def _pair(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +350,7 @@ class LeechCoder:
             sign_even = 1 - 2 * need  # (-1)^(need - 0)
             w_even = c_even[:, j] * (suffix_a[:, j + 1] + sign_even * suffix_b[:, j + 1])
             w_odd = c_odd[:, j] * (suffix_a[:, j + 1] - sign_even * suffix_b[:, j + 1])
-            probs = _normalized(np.stack([w_even, w_odd], axis=-1))
+            probs = normalized(np.stack([w_even, w_odd], axis=-1))
             if enc is not None:
                 parity[:, j] = q[:, j] & 1
                 enc.categorical(parity[:, j], probs)

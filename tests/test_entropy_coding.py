@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from lsq.codec import leech, tables
-from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index, trio
+from lsq.codec.entropy_coding import (
+    Decoder,
+    Encoder,
+    LeechCoder,
+    normalized,
+    scale_index,
+    trio,
+)
 from lsq.codec.lattice_prior import leech_log_prob
 
 
@@ -93,3 +100,14 @@ def test_categorical_round_trip_and_bad_length() -> None:
     assert np.array_equal(Decoder(enc.finish()).categorical(probs), bits)
     with pytest.raises(ValueError):
         Decoder(b"abc")
+
+
+def test_rows_of_tiny_or_zero_total_stay_codable() -> None:
+    # constriction panics on a row of total 1e-306 and refuses a subnormal one
+    masses = np.array([[5e-307, 5e-307], [1e-320, 3e-320], [0.0, 0.0], [-1e-17, 2.0]])
+    probs = normalized(masses)
+    assert probs.tolist() == [[1.0, 1.0], [1 / 3, 1.0], [1.0, 1.0], [0.0, 1.0]]
+    symbols = np.array([1, 0, 1, 1])
+    enc = Encoder()
+    enc.categorical(symbols, probs)
+    assert np.array_equal(Decoder(enc.finish()).categorical(probs), symbols)
