@@ -8,8 +8,10 @@ phi_i(t) = exp(-(t - mu_i)^2 / (2 sigma_i^2)). Z is a sum over the 8,192 cosets
 
 where A_i(rho) = C_i(rho) + C_i(rho + 4), B_i(rho) = C_i(rho) - C_i(rho + 4) and
 C_i(k) = sum_h phi_i(k + 8 h) is a theta function (parity pi(m, c) = m for every codeword).
-Everything here is differentiable: it is the training rate term, and the entropy coder in
-``lsq.codec.leech_coder`` evaluates the same formulas from tables.
+Everything here is differentiable: it is the training rate term of the ``leech`` quantizer,
+and ``lsq.codec.entropy_coding.LeechCoder`` evaluates the same formulas from tables. The
+spherical quantizer only ever emits first-shell points: its prior is this one restricted to
+the shell (``lsq.codec.shell_prior``), coded by ``lsq.codec.shell_coding``.
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@ constriction comes from these tables through fixed-order float64 arithmetic, so 
 and decoder derive bit-identical models on any machine. Rebuild with
 ``python -m lsq.codec.tables`` (deterministic, but the shipped file is the reference).
 
-Two families, both indexed by a quantized scale (``scale_index``) and, for the lattice,
+Three families, indexed by a quantized scale (``scale_index``) and, for the lattice,
 a quantized mean (``MEAN_GRID`` steps per integer-frame unit):
 - ``gauss``: unit-bin Gaussian N(0, sigma) over integer offsets (scalar symbols, gains);
 - ``theta``: for class k + 8Z of a lattice coordinate, the masses phi(8 d - phase / K)
-  over the offset d, and their sum C (the theta function of ``lattice_prior``).
-Both cover |d| <= width and reserve one final escape symbol for the tails.
+  over the offset d, and their sum C (the theta function of ``lattice_prior``);
+- ``shell_powers``: q^(v 64^d) with q = exp(-1 / (2 K^2 sigma^2)), from which the first-shell
+  coder assembles a coordinate's mass ratios phi(k) / phi(k') = q^E (E an integer) for
+  any mean, however far.
+The first two cover |d| <= width and reserve one final escape symbol for the tails.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ TAIL_SIGMAS = 8.0
 BSQ_LOGIT_STEP = 0.125
 BSQ_LOGITS = 128  # logit indices -BSQ_LOGITS..BSQ_LOGITS
 MIN_MASS = 1e-12
+SHELL_DIGITS = 6  # base-64 digits of the shell exponents: E < 64**6 (larger E give 0)
+SHELL_MIN_POWER = 1e-300  # smaller powers are stored as 0: no subnormals reach the coder
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ def build() -> dict[str, np.ndarray]:
             phi = np.exp(-(t * t) / (2 * sigma * sigma))
             theta_sum.append(phi.sum())
             theta.append(phi / phi.sum() * (1 - 1e-9))
+    digits = np.arange(64.0)[None, :] * 64.0 ** np.arange(SHELL_DIGITS)[:, None]
+    shell = np.exp(-digits[None] / (2 * MEAN_GRID**2 * THETA_SCALES[:, None, None] ** 2))
+    shell[shell < SHELL_MIN_POWER] = 0.0
     g_probs, g_start, g_width = _rows(gauss)
     t_probs, t_start, t_width = _rows(theta)
     return {
@@ -94,6 +102,7 @@ def build() -> dict[str, np.ndarray]:
         "theta_sum": np.array(theta_sum, np.float64),
         "bsq_probs": np.array([1 / (1 + math.exp(-i * BSQ_LOGIT_STEP))
                                for i in range(-BSQ_LOGITS, BSQ_LOGITS + 1)]),
+        "shell_powers": shell,
     }
 
 
@@ -131,5 +140,16 @@ def theta_sum() -> np.ndarray:
     return load()["theta_sum"].reshape(len(THETA_SCALES), PHASES)
 
 
+def shell_powers() -> np.ndarray:
+    """q(scale)^(v 64^d), q = exp(-1 / (2 K^2 sigma^2)): shape (scales, SHELL_DIGITS, 64).
+
+    With K = MEAN_GRID and the mean m in units of 1 / K, phi(k) = q^((K k - m)^2), so a ratio
+    of two point masses is q^E for an integer E: one entry per base-64 digit of E, multiplied.
+    """
+    return load()["shell_powers"]
+
+
 if __name__ == "__main__":
-    np.savez_compressed(TABLE_FILE, **build())
+    partial = TABLE_FILE.with_suffix(".partial.npz")  # written whole, then renamed
+    np.savez_compressed(partial, **build())
+    partial.replace(TABLE_FILE)

@@ -3,7 +3,8 @@
 Ballé et al. 2018 with Minnen et al.'s mean prediction (no context model); the latent
 y (M channels) is cut into 24-dimensional blocks of 24 consecutive channels at one
 position. Quantizers: ``scalar`` (CompressAI's Gaussian conditional), ``bsq``,
-``leech`` (exact lattice prior of ``lsq.codec.lattice_prior``) and ``spherical-leech``.
+``leech`` (exact lattice prior of ``lsq.codec.lattice_prior``) and ``spherical-leech``
+(exact first-shell prior of ``lsq.codec.shell_prior`` for the direction, times a gain).
 Following CompressAI, ``forward`` returns ``x_hat`` and ``likelihoods``; for block
 quantizers the likelihood of a block is spread evenly over its 24 coordinates
 (P ** (1/24) each), so that ``-sum(log2(likelihoods))`` is the exact rate in bits.
@@ -31,6 +32,7 @@ from lsq.codec.quantizers import (
     from_blocks,
     to_blocks,
 )
+from lsq.codec.shell_prior import shell_log_prob
 from lsq.models import latent_coding
 from lsq.models.latent_coding import SCALE_BOUND
 
@@ -165,7 +167,7 @@ class LsqHyperprior(CompressionModel):
         scales, means, gain_params = params.split([self.M, self.M, 2 * k], dim=1)
         gain_step = self.log_gain_step.exp()
         direction, gain = SphericalLeechQuantizer().proxy(to_blocks(y), gain_step, kind)
-        log_p = leech_log_prob(direction.rate_input, to_blocks(means),
+        log_p = shell_log_prob(direction.rate_input, to_blocks(means),
                                to_blocks(scales).clamp(min=SCALE_BOUND))
         gain_scale, gain_mean = gain_params.chunk(2, 1)
         gain_lik = self.gaussian_likelihood(gain.rate_input.squeeze(-1), gain_scale, gain_mean)

@@ -5,6 +5,9 @@ h_s runs as an integer network (Ballé et al. 2019 in spirit): weights and activ
 are fixed-point integers held in float64, every partial sum is an integer below 2**53,
 hence exact whatever the summation order, BLAS or device. Its outputs are then quantized
 to table indices with comparisons and correctly rounded float64 operations only.
+Leech points are coded under the exact lattice prior (``LeechCoder``); spherical-Leech
+directions under the exact first-shell prior (``ShellCoder``), which gives no probability
+to the lattice points off the shell, then their gains.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from lsq.codec.quantizers import (
     from_blocks,
     to_blocks,
 )
+from lsq.codec.shell_coding import ShellCoder
 
 WEIGHT_BITS = 12  # fixed-point fraction bits of h_s weights
 ACTIVATION_BITS = 8  # and of its activations
@@ -145,8 +149,8 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
         return BSQQuantizer().reconstruct(torch.from_numpy(bits)).reshape(shape)
     scales, means = _blocks(params[:m]), _blocks(params[m : 2 * m])
     step = model.coding_step.detach().cpu().to(torch.float64)
-    coder = LeechCoder()
     if kind == "leech":
+        coder = LeechCoder()
         sigma, mean = _bounded(scales) / float(step), means / float(step)
         s, mq = scale_index(sigma, tables.theta_tables()), _mean_index(mean)
         if enc is not None:
@@ -156,6 +160,7 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
             points = coder.decode(dec, s, mq)
         return _unblocks(LeechQuantizer().reconstruct(torch.from_numpy(points), step), shape)
     # spherical-leech: shell point in the integer frame, then the gain
+    shell_coder = ShellCoder()
     s, mq = scale_index(_bounded(scales), tables.theta_tables()), _mean_index(means)
     k = m // BLOCK
     gain_scale = params[2 * m : 2 * m + k].reshape(-1).cpu().numpy()
@@ -167,10 +172,10 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
     if enc is not None:
         points_t, gains_t = quantizer.symbols(torch.from_numpy(_blocks(y)), step)
         points, gains = points_t.numpy(), gains_t.reshape(-1).numpy()
-        coder.encode(enc, points, s, mq)
+        shell_coder.encode(enc, points, s, mq)
         enc.table_offsets(gains - centre, rows, gauss)
     else:
-        points = coder.decode(dec, s, mq)
+        points = shell_coder.decode(dec, s, mq)
         gains = dec.table_offsets(rows, gauss) + centre
     recon = quantizer.reconstruct(torch.from_numpy(points), torch.from_numpy(gains)[:, None], step)
     return _unblocks(recon, shape)

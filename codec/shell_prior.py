@@ -1,0 +1,122 @@
+"""The exact Gaussian prior restricted to the first shell of Λ24 (Λ24-SQ), in torch.
+
+P_S(x) = prod_i phi_i(x_i) / Z_S over the 196,560 minimal vectors x (integer frame), with
+phi_i(t) = exp(-(t - mu_i)^2 / (2 sigma_i^2)): the training rate term of the spherical
+quantizer, and the model ``lsq.codec.shell_coding`` codes exactly. Z_S sums three shapes:
+- (±4, ±4, 0^22): over the 276 pairs {i, j}, (phi_i(4) + phi_i(-4)) (phi_j(4) + phi_j(-4))
+  times phi_k(0) elsewhere;
+- (±2^8, 0^16) with an even number of minus signs: over the 759 octads O,
+  1/2 [prod_O (phi_i(2) + phi_i(-2)) + prod_O (phi_i(2) - phi_i(-2))] times phi_k(0)
+  elsewhere;
+- (∓3, ±1^23): over codewords c and positions j, prod_{i != j} phi_i(s_i) phi_j(-3 s_j) with
+  s = (-1)^c, i.e. the first-order part of prod_i (phi_i(s_i) + eps phi_i(-3 s_i)) summed over
+  the Golay code, through the code's trio of octads (``entropy_coding.trio``).
+Everything is in the log domain relative to phi_i(0) (log-ratios t (2 mu - t) / (2 sigma^2)
+do not cancel for far means), and sums of positive terms only: where the octad sign-parity
+term 1 + prod tanh nearly cancels, it is evaluated as 1 - exp(-T) with T a sum of positives.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from lsq.codec.entropy_coding import trio
+from lsq.codec.leech import octads
+
+_LOG2 = math.log(2.0)
+
+
+@lru_cache(maxsize=8)
+def _indices(device: torch.device) -> dict[str, torch.Tensor]:
+    """Gather indices of the three shapes on a device."""
+    t = trio()
+    first, second = np.triu_indices(24, k=1)
+    bits = (np.arange(16)[:, None] >> np.arange(4)) & 1  # (pattern, coordinate in nibble)
+    coordinate = 4 * np.arange(6)[:, None, None] + np.arange(4)  # (nibble, 1, coordinate)
+    patterns = t.rep[None, :] ^ (255 * np.arange(2)[:, None])  # (complement bit, class)
+    chunk = np.arange(3)[:, None, None]
+    arrays = {
+        "pair_first": first, "pair_second": second,
+        "octads": octads(),
+        # rows of (coordinate, bit) flattened, for each (nibble, pattern, coordinate)
+        "nibble": 2 * coordinate + bits[None],
+        # rows of (nibble, pattern) flattened, for each (chunk, complement bit, class)
+        "low": 32 * chunk + (patterns & 15)[None], "high": 32 * chunk + 16 + (patterns >> 4)[None],
+        "second": t.second, "third": t.third,
+    }
+    return {k: torch.tensor(np.asarray(v, np.int64), device=device) for k, v in arrays.items()}
+
+
+def _dual_mul(a1: torch.Tensor, e1: torch.Tensor, a2: torch.Tensor, e2: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a1 + eps e1)(a2 + eps e2) with eps^2 = 0, all in logs."""
+    return a1 + a2, torch.logaddexp(a1 + e2, e1 + a2)
+
+
+def _log_one_minus_exp_neg(log_t: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-T)) from log T, accurate (and with finite gradients) for any T > 0."""
+    big = torch.log(-torch.expm1(-torch.exp(log_t.clamp(min=-10.0))))
+    t = torch.exp(log_t.clamp(max=-10.0))
+    return torch.where(log_t > -10.0, big, log_t - t / 2 + t * t / 24)
+
+
+def _log_relative_partition(mu: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """log (Z_S / prod_i phi_i(0)) with inv = 1 / (2 sigma^2): (..., 24) -> (...)."""
+    ix = _indices(mu.device)
+
+    def log_ratio(t: float) -> torch.Tensor:  # log phi(t) / phi(0)
+        return t * (2 * mu - t) * inv
+
+    # (±4, ±4, 0^22)
+    four = torch.logaddexp(log_ratio(4.0), log_ratio(-4.0))
+    pairs = four[..., ix["pair_first"]] + four[..., ix["pair_second"]]
+
+    # (±2^8, 0^16), even number of minus signs: 1/2 prod (p + m) (1 + prod tanh(delta / 2))
+    two = torch.logaddexp(log_ratio(2.0), log_ratio(-2.0))
+    delta = 8 * mu * inv  # log phi(2) / phi(-2)
+    oct_ = ix["octads"]
+    tanh_product = torch.tanh(delta / 2)[..., oct_].prod(-1)
+    # near cancellation (product <= -1/2, so every |delta| > 1): 1 - exp(-T) with
+    # T = sum -log|tanh(delta / 2)| = sum 2 atanh(u), u = exp(-|delta|), summed in logs
+    a = delta.abs().clamp(min=1.0)
+    u = torch.exp(-a.clamp(max=30.0))  # atanh(u) / u = 1 to double precision beyond
+    log_terms = _LOG2 - a + torch.log(torch.atanh(u) / u)
+    cancelling = _log_one_minus_exp_neg(torch.logsumexp(log_terms[..., oct_], -1))
+    parity = torch.where(tanh_product < -0.5, cancelling,
+                         torch.log1p(tanh_product.clamp(min=-0.5)))
+    octad_terms = two[..., oct_].sum(-1) + parity - _LOG2
+
+    # (∓3, ±1^23): dual numbers a + eps e over the trio, a = phi(±1), e = phi(∓3), c_i = 0, 1
+    ones = torch.stack([log_ratio(1.0), log_ratio(-1.0)], -1).flatten(-2)
+    threes = torch.stack([log_ratio(-3.0), log_ratio(3.0)], -1).flatten(-2)
+    nib_a = ones[..., ix["nibble"]].sum(-1)  # (..., 6 nibbles, 16 patterns)
+    nib_e = nib_a + torch.logsumexp((threes - ones)[..., ix["nibble"]], -1)
+    nib_a, nib_e = nib_a.flatten(-2), nib_e.flatten(-2)
+    class_a, class_e = _dual_mul(nib_a[..., ix["low"]], nib_e[..., ix["low"]],
+                                 nib_a[..., ix["high"]], nib_e[..., ix["high"]])
+    beta_a, beta_e = torch.logsumexp(class_a, -2), torch.logsumexp(class_e, -2)  # (..., 3, 64)
+    tail_a, tail_e = _dual_mul(beta_a[..., 1, ix["second"]], beta_e[..., 1, ix["second"]],
+                               beta_a[..., 2, ix["third"]], beta_e[..., 2, ix["third"]])
+    _, words = _dual_mul(beta_a[..., 0, :], beta_e[..., 0, :],
+                         torch.logsumexp(tail_a, -1), torch.logsumexp(tail_e, -1))
+    odd = torch.logsumexp(words, -1, keepdim=True)
+
+    return torch.logsumexp(torch.cat([pairs, octad_terms, odd], -1), -1)
+
+
+def shell_log_partition(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log Z_S for blocks (..., 24) of means and scales (integer frame) -> (...)."""
+    mu, sigma = torch.broadcast_tensors(mu, sigma)
+    inv = 0.5 / (sigma * sigma)
+    return _log_relative_partition(mu, inv) - (mu * mu * inv).sum(-1)
+
+
+def shell_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Natural log of P_S(x) for shell points x (..., 24) (or straight-through proxies)."""
+    mu, sigma = torch.broadcast_tensors(mu, sigma)
+    inv = 0.5 / (sigma * sigma)
+    return (x * (2 * mu - x) * inv).sum(-1) - _log_relative_partition(mu, inv)
