@@ -109,8 +109,12 @@ class LsqHyperprior(CompressionModel):
 
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int]) -> dict:
         """Inverse of :meth:`compress`; the hyper path is bit-exact on any device."""
-        y_hat = torch.stack(self.decompress_latents(strings, shape)).to(torch.float32)
-        return {"x_hat": self.g_s(y_hat).clamp(0, 1)}
+        y_hat = torch.stack(self.decompress_latents(strings, shape)).to(torch.float64)
+        weights = {k: v.to(torch.float64) for k, v in self.g_s.state_dict().items()}
+        # float64 synthesis: rounding to 8 bits then gives the same pixels whatever the
+        # thread count or device (float32 flips a few values between 1 and 2 CPU threads)
+        x_hat = torch.func.functional_call(self.g_s, weights, (y_hat,))
+        return {"x_hat": x_hat.clamp(0, 1).to(torch.float32)}
 
     def decompress_latents(self, strings: list[list[bytes]],
                            shape: tuple[int, int]) -> list[torch.Tensor]:

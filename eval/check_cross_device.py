@@ -1,0 +1,93 @@
+"""Encode on one device, decode on every other: the decoded latents must agree bit for bit.
+
+    python -m lsq.eval.check_cross_device [--dataset ../shared/data/kodak] [--images 4]
+                                          [--models all | NAME,NAME]
+
+Configurations: ``cpu`` (torch's default thread count), ``cpu-1`` (one thread) and ``cuda``
+when a GPU is present. Each image is encoded on every device, and each stream is decoded
+under every configuration. The entropy decoding (hyper-decoder, tables, range coder) must
+give identical latents everywhere, or a stream would decode to garbage; that is the check,
+and any mismatch makes the exit status 1. The synthesis transform then runs in float64 on
+the decoding device; its pixels are compared and reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lsq.codec.bitstream import unpack
+from lsq.models import registry
+from lsq.models.image_codec import decode_image, encode_image
+
+
+@contextlib.contextmanager
+def _configuration(name: str) -> Iterator[str]:
+    """Set torch's thread count for ``name`` and yield its device."""
+    threads = torch.get_num_threads()
+    if name == "cpu-1":
+        torch.set_num_threads(1)
+    try:
+        yield "cuda" if name == "cuda" else "cpu"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
+    """Every tile's decoded latents y_hat, on the CPU."""
+    header, sections = unpack(data)
+    net = registry.load(header.model, device)
+    with torch.inference_mode():
+        return [net.decompress_latents([[sections[2 * i]], [sections[2 * i + 1]]], shape)[0].cpu()
+                for i, shape in enumerate(header.latent_shapes)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m lsq.eval.check_cross_device")
+    parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--models", default="all", help="all, or names separated by commas")
+    args = parser.parse_args()
+    names = ([m["name"] for m in registry.list_models()] if args.models == "all"
+             else args.models.split(","))
+    configs = ["cpu", "cpu-1"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [c for c in configs if c != "cpu-1"]
+    paths = sorted(args.dataset.glob("*.png"))[: args.images]
+    if not paths or not names:
+        sys.exit(f"nothing to check: {len(paths)} images in {args.dataset}, models {names}")
+    print(f"configurations: {', '.join(configs)}; torch {torch.__version__}")
+    print(f"{'image':<12} {'model':<26} {'encoded':<8} {'decoded':<8} "
+          f"{'latents':<10} {'pixels differing':>16} {'max |diff|':>10}")
+    mismatches = 0
+    for path in paths:
+        img = Image.open(path).convert("RGB")
+        for name in names:
+            for enc_device in devices:
+                data = encode_image(img, name, device=enc_device)
+                reference_latents = reference_pixels = None
+                for config in configs:
+                    with _configuration(config) as device:
+                        latents = decoded_latents(data, device)
+                        pixels = np.asarray(decode_image(data, device), np.int16)
+                    if reference_latents is None:
+                        reference_latents, reference_pixels = latents, pixels
+                    same = all(torch.equal(a, b)
+                               for a, b in zip(latents, reference_latents, strict=True))
+                    mismatches += not same
+                    diff = np.abs(pixels - reference_pixels)
+                    print(f"{path.stem:<12} {name:<26} {enc_device:<8} {config:<8} "
+                          f"{'identical' if same else 'DIFFER':<10} {int((diff > 0).sum()):>16} "
+                          f"{int(diff.max()):>10}")
+    print(f"latent mismatches: {mismatches}")
+    sys.exit(1 if mismatches else 0)
+
+
+if __name__ == "__main__":
+    main()
