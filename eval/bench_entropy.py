@@ -1,9 +1,11 @@
-"""Leech blocks per second through the exact range coder, encoding and decoding, on CPU.
+"""Blocks per second through the exact range coders, encoding and decoding, on CPU.
 
     python -m lsq.eval.bench_entropy [--blocks 12000] [--repeat 3]
 
 12,000 blocks is one 768x512 image at 192 latent channels. Scales and means are drawn
-like a trained model's (integer frame: scales 0.3 .. 30, means within a few units).
+like a trained model's (integer frame). ``leech``: any lattice point (``LeechCoder``), scales
+0.3 .. 30, means within a few units. ``shell``: first-shell points of the spherical quantizer
+(``ShellCoder``), scales 0.25 .. 4, means near the shell (norm sqrt(32)).
 """
 
 from __future__ import annotations
@@ -17,24 +19,34 @@ import torch
 
 from lsq.codec import leech, tables
 from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
+from lsq.codec.shell_coding import ShellCoder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_entropy")
-    parser.add_argument("--blocks", type=int, default=12_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    n = args.blocks
+def _leech_case(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
     sigma = np.exp(rng.uniform(math.log(0.3), math.log(30), (n, 24)))
     mean = rng.normal(0, 3, (n, 24))
     scale = scale_index(sigma, tables.theta_tables())
     mean_q = np.floor(mean * tables.MEAN_GRID + 0.5).astype(np.int64)
     y = mean_q / tables.MEAN_GRID + tables.THETA_SCALES[scale] * rng.normal(size=(n, 24))
-    points = leech.nearest(torch.from_numpy(y)).numpy()
-    coder = LeechCoder()
+    return leech.nearest(torch.from_numpy(y)).numpy(), scale, mean_q
+
+
+def _shell_case(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    sigma = np.exp(rng.uniform(math.log(0.25), math.log(4), (n, 24)))
+    u = rng.normal(size=(n, 24))
+    mean = u * math.sqrt(32) / np.linalg.norm(u, axis=1, keepdims=True)
+    mean += 0.5 * rng.normal(size=(n, 24))
+    scale = scale_index(sigma, tables.theta_tables())
+    mean_q = np.floor(mean * tables.MEAN_GRID + 0.5).astype(np.int64)
+    y = torch.from_numpy(mean + 0.3 * rng.normal(size=(n, 24)))
+    return leech.nearest_shell(y)[1].numpy(), scale, mean_q
+
+
+def _measure(coder: LeechCoder | ShellCoder, points: np.ndarray, scale: np.ndarray,
+             mean_q: np.ndarray, repeat: int) -> tuple[float, float, float]:
+    """Best encode and decode seconds over ``repeat`` round trips, and bits per block."""
     enc_s, dec_s = [], []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         t = time.perf_counter()
         enc = Encoder()
         coder.encode(enc, points, scale, mean_q)
@@ -43,11 +55,23 @@ def main() -> None:
         t = time.perf_counter()
         out = coder.decode(Decoder(data), scale, mean_q)
         dec_s.append(time.perf_counter() - t)
-        assert np.array_equal(out, points)
-    print(f"{n} Leech blocks, {len(data) * 8 / n:.2f} bits/block, torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"encode: {n / min(enc_s):,.0f} blocks/s (best of {args.repeat})")
-    print(f"decode: {n / min(dec_s):,.0f} blocks/s (best of {args.repeat})")
+        if not np.array_equal(out, points):
+            raise SystemExit("round trip failed")
+    return min(enc_s), min(dec_s), len(data) * 8 / len(points)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_entropy")
+    parser.add_argument("--blocks", type=int, default=12_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    n = args.blocks
+    print(f"{n} blocks, torch threads {torch.get_num_threads()}, best of {args.repeat}")
+    for name, case, coder in (("leech", _leech_case, LeechCoder()),
+                              ("shell", _shell_case, ShellCoder())):
+        enc, dec, bits = _measure(coder, *case(np.random.default_rng(0), n), args.repeat)
+        print(f"{name}: encode {n / enc:,.0f} blocks/s, decode {n / dec:,.0f} blocks/s, "
+              f"{bits:.2f} bits/block")
 
 
 if __name__ == "__main__":
