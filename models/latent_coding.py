@@ -107,6 +107,15 @@ def decode_z(eb: nn.Module, data: bytes, shape: tuple[int, int, int],
     return torch.from_numpy(symbols).to(device, medians.dtype).reshape(c, h, w) + medians
 
 
+def leech_parameters(model: nn.Module, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """What ``LeechCoder`` codes a Leech model's blocks under, from the integer hyper outputs
+    (C, H, W): scale indices into ``THETA_SCALES`` and means in 1 / MEAN_GRID units, both in
+    the integer frame."""
+    m, step = model.M, float(model.coding_step)
+    sigma = _bounded(_blocks(params[:m])) / step
+    return scale_index(sigma, tables.theta_tables()), _mean_index(_blocks(params[m : 2 * m]) / step)
+
+
 def encode_y(model: nn.Module, y: torch.Tensor, params: torch.Tensor) -> bytes:
     """Code one latent y (M, H, W) given integer-exact hyper outputs (C, H, W)."""
     enc = Encoder()
@@ -147,12 +156,10 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
         else:
             bits = dec.categorical(probs)
         return BSQQuantizer().reconstruct(torch.from_numpy(bits)).reshape(shape)
-    scales, means = _blocks(params[:m]), _blocks(params[m : 2 * m])
     step = model.coding_step.detach().cpu().to(torch.float64)
     if kind == "leech":
         coder = LeechCoder()
-        sigma, mean = _bounded(scales) / float(step), means / float(step)
-        s, mq = scale_index(sigma, tables.theta_tables()), _mean_index(mean)
+        s, mq = leech_parameters(model, params)
         if enc is not None:
             points = LeechQuantizer().symbols(torch.from_numpy(_blocks(y)), step).numpy()
             coder.encode(enc, points, s, mq)
@@ -161,6 +168,7 @@ def _code_y(model: nn.Module, params: torch.Tensor, enc: Encoder | None = None,
         return _unblocks(LeechQuantizer().reconstruct(torch.from_numpy(points), step), shape)
     # spherical-leech: shell point in the integer frame, then the gain
     shell_coder = ShellCoder()
+    scales, means = _blocks(params[:m]), _blocks(params[m : 2 * m])
     s, mq = scale_index(_bounded(scales), tables.theta_tables()), _mean_index(means)
     k = m // BLOCK
     gain_scale = params[2 * m : 2 * m + k].reshape(-1).cpu().numpy()
