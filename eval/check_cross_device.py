@@ -1,21 +1,26 @@
 """Encode on one device, decode on every other: the decoded latents must agree bit for bit.
 
     python -m lsq.eval.check_cross_device [--dataset ../shared/data/kodak] [--images 4]
-                                          [--models all | NAME,NAME]
+                                          [--models all | NAME,NAME] [--untrained]
 
 Configurations: ``cpu`` (torch's default thread count), ``cpu-1`` (one thread) and ``cuda``
 when a GPU is present. Each image is encoded on every device, and each stream is decoded
 under every configuration. The entropy decoding (hyper-decoder, tables, range coder) must
 give identical latents everywhere, or a stream would decode to garbage; that is the check,
 and any mismatch makes the exit status 1. The synthesis transform then runs in float64 on
-the decoding device; its pixels are compared and reported too.
+the decoding device; its pixels are compared and reported too. ``--untrained`` checks
+randomly initialised models of all four quantizers (seed 0, N=128, M=192) instead of the
+shipped ones, so that every coding path is covered whatever is shipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +30,10 @@ from PIL import Image
 
 from lsq.codec.bitstream import unpack
 from lsq.models import registry
+from lsq.models.hyperprior import build_model
 from lsq.models.image_codec import decode_image, encode_image
+
+QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
 
 
 @contextlib.contextmanager
@@ -49,12 +57,35 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
                 for i, shape in enumerate(header.latent_shapes)]
 
 
+def write_untrained(folder: Path) -> None:
+    """Randomly initialised models of every quantizer, as a weights folder for the registry."""
+    from safetensors.torch import save_file
+
+    for quantizer in QUANTIZERS:
+        torch.manual_seed(0)
+        net = build_model(quantizer)
+        net.update(force=True)
+        name = f"untrained-{quantizer}"
+        config = dict(name=name, family=quantizer, quality=1, lmbda=0.0, steps=0, batch=0,
+                      data="none", gpu_time=0, command="check_cross_device --untrained",
+                      N=net.N, M=net.M)
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(folder / f"{name}.safetensors"), {"config": json.dumps(config)})
+    (folder / "registry.json").write_text(json.dumps({"default": "untrained-leech"}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m lsq.eval.check_cross_device")
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--models", default="all", help="all, or names separated by commas")
+    parser.add_argument("--untrained", action="store_true",
+                        help="check untrained models of every quantizer instead")
     args = parser.parse_args()
+    if args.untrained:
+        folder = tempfile.TemporaryDirectory()
+        write_untrained(Path(folder.name))
+        os.environ[registry.WEIGHTS_ENV] = folder.name
     names = ([m["name"] for m in registry.list_models()] if args.models == "all"
              else args.models.split(","))
     configs = ["cpu", "cpu-1"] + (["cuda"] if torch.cuda.is_available() else [])
