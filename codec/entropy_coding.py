@@ -149,6 +149,22 @@ def sum_last(x: np.ndarray) -> np.ndarray:
     return total
 
 
+def prefix_products(x: np.ndarray) -> np.ndarray:
+    """(n, 25): products of x[:, :t] for t = 0..24, left to right."""
+    out = np.ones((len(x), 25))
+    for t in range(24):
+        out[:, t + 1] = out[:, t] * x[:, t]
+    return out
+
+
+def suffix_products(x: np.ndarray) -> np.ndarray:
+    """(n, 25): products of x[:, t:] for t = 0..24, right to left."""
+    out = np.ones((len(x), 25))
+    for t in range(23, -1, -1):
+        out[:, t] = out[:, t + 1] * x[:, t]
+    return out
+
+
 def normalized(p: np.ndarray) -> np.ndarray:
     """Rows of masses as constriction takes them: negative rounding residue clipped, each row
     divided by its maximum (constriction fails on rows of tiny total, and the maximum, unlike
@@ -338,12 +354,7 @@ class LeechCoder:
         idx = np.arange(n)
         c_even = masses[idx[:, None], np.arange(24)[None, :], r]
         c_odd = masses[idx[:, None], np.arange(24)[None, :], r + 4]
-        a, b = c_even + c_odd, c_even - c_odd
-        suffix_a = np.ones((n, 25))
-        suffix_b = np.ones((n, 25))
-        for j in range(23, -1, -1):
-            suffix_a[:, j] = suffix_a[:, j + 1] * a[:, j]
-            suffix_b[:, j] = suffix_b[:, j + 1] * b[:, j]
+        suffix_a, suffix_b = suffix_products(c_even + c_odd), suffix_products(c_even - c_odd)
         parity = np.zeros((n, 24), np.int64)
         need = m.copy()  # parity that q_j..q_23 must sum to
         for j in range(23):

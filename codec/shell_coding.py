@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from lsq.codec import leech, tables
-from lsq.codec.entropy_coding import Decoder, Encoder, normalized, sum_last, trio
+from lsq.codec.entropy_coding import (
+    Decoder,
+    Encoder,
+    normalized,
+    prefix_products,
+    suffix_products,
+    sum_last,
+    trio,
+)
 
 _PAIRS = 276
 _OCTADS = 759
@@ -179,7 +187,7 @@ class _ShellModel:
     def pair_probs(self, rows: np.ndarray) -> np.ndarray:
         """(rows, 276): ±4 masses at i < j times the zero masses elsewhere, pair order."""
         zero, four = self.zero[rows], self.four[rows]
-        before, after = _prefix_products(zero), _suffix_products(zero)
+        before, after = prefix_products(zero), suffix_products(zero)
         between = np.ones((len(rows), 23))  # zero masses strictly between i and i + gap
         by_gap = []
         for gap in range(1, 24):
@@ -246,23 +254,7 @@ class _ShellModel:
         masses = self.masses[rows]
         ones = np.where(bits, masses[..., _AT - 1], masses[..., _AT + 1])
         threes = np.where(bits, masses[..., _AT + 3], masses[..., _AT - 3])
-        return normalized(_prefix_products(ones)[:, :24] * threes * _suffix_products(ones)[:, 1:])
-
-
-def _prefix_products(x: np.ndarray) -> np.ndarray:
-    """(n, 25): products of x[:, :t] for t = 0..24, left to right."""
-    out = np.ones((len(x), 25))
-    for t in range(24):
-        out[:, t + 1] = out[:, t] * x[:, t]
-    return out
-
-
-def _suffix_products(x: np.ndarray) -> np.ndarray:
-    """(n, 25): products of x[:, t:] for t = 0..24, right to left."""
-    out = np.ones((len(x), 25))
-    for t in range(23, -1, -1):
-        out[:, t] = out[:, t + 1] * x[:, t]
-    return out
+        return normalized(prefix_products(ones)[:, :24] * threes * suffix_products(ones)[:, 1:])
 
 
 def _symbols(index: np.ndarray) -> dict[str, np.ndarray]:
