@@ -32,6 +32,7 @@ from lsq.codec.bitstream import unpack
 from lsq.models import registry
 from lsq.models.hyperprior import build_model
 from lsq.models.image_codec import decode_image, encode_image
+from lsq.models.train import export_weights
 
 QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
 
@@ -59,18 +60,15 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
 
 def write_untrained(folder: Path) -> None:
     """Randomly initialised models of every quantizer, as a weights folder for the registry."""
-    from safetensors.torch import save_file
-
     for quantizer in QUANTIZERS:
         torch.manual_seed(0)
         net = build_model(quantizer)
-        net.update(force=True)
         name = f"untrained-{quantizer}"
-        config = dict(name=name, family=quantizer, quality=1, lmbda=0.0, steps=0, batch=0,
-                      data="none", gpu_time=0, command="check_cross_device --untrained",
-                      N=net.N, M=net.M)
-        state = {k: v.contiguous() for k, v in net.state_dict().items()}
-        save_file(state, str(folder / f"{name}.safetensors"), {"config": json.dumps(config)})
+        config = dict(quantizer=quantizer, N=net.N, M=net.M, lmbda=0.0, batch=0, name=name)
+        export_weights({"config": config, "model": net.state_dict(), "step": 0},
+                       folder / f"{name}.safetensors",
+                       dict(quality=1, data="none", command="check_cross_device --untrained"),
+                       half=False)
     (folder / "registry.json").write_text(json.dumps({"default": "untrained-leech"}))
 
 
