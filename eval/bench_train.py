@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -43,12 +44,13 @@ def bench(args: argparse.Namespace) -> dict:
         images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(64)]
     sampler = CropSampler(images, args.crop, device, 0.5, (0, 0))
     torch.manual_seed(0)
-    model: nn.Module = default_builder(args.quantizer, args.N, args.M).to(device)
+    cfg = TrainConfig(quantizer=args.quantizer, N=args.N, M=args.M, batch=args.batch,
+                      crop=args.crop, channels_last=args.channels_last)
+    model: nn.Module = default_builder(dataclasses.asdict(cfg)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     main, aux = split_parameters(model)
     opt, aux_opt = torch.optim.Adam(main, lr=1e-4), torch.optim.Adam(aux, lr=1e-3)
-    cfg = TrainConfig(batch=args.batch, crop=args.crop, channels_last=args.channels_last)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                 else contextlib.nullcontext())
 

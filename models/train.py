@@ -35,14 +35,14 @@ from torch import nn
 
 from .shards import DEFAULT_VAL_EVERY, load_folder_images, load_images
 
-ModelBuilder = Callable[[str, int, int], nn.Module]
+ModelBuilder = Callable[[dict], nn.Module]
 
 CKPT_PART_BYTES = 16_000_000  # < 16 MiB, the most one file may hold on its way back
 CKPT_MANIFEST = "checkpoint.json"
 EXPORT_NAME = "final.safetensors"
 EXPORT_META_KEYS = (
-    "name", "family", "quality", "N", "M", "lmbda", "steps", "batch", "data", "gpu_time",
-    "command",
+    "name", "family", "qualities", "default_quality", "codec_options", "N", "M", "steps",
+    "images_seen", "batch", "crop", "data", "gpu_time", "command",
 )
 
 
@@ -52,8 +52,14 @@ class TrainConfig:
 
     quantizer: str = dataclasses.field(
         default="scalar", metadata={"help": "scalar | bsq | leech | spherical-leech"})
-    lmbda: float = dataclasses.field(
-        default=0.013, metadata={"help": "loss = lmbda * 255^2 * MSE + bpp"})
+    quality_min: int = dataclasses.field(
+        default=1, metadata={"help": "lowest integer quality (lambda 0.0018 ... 0.18 for 1..8)"})
+    quality_max: int = dataclasses.field(
+        default=8, metadata={"help": "highest quality; = quality_min for a fixed-rate model"})
+    origin: bool = dataclasses.field(
+        default=False, metadata={"help": "leech: lattice anchored at the origin, not the mean"})
+    proxy: str = dataclasses.field(
+        default="mixed", metadata={"help": "training proxy: ste | noise | mixed"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total optimizer steps"})
     out: str = dataclasses.field(
         default="runs/train", metadata={"help": "run folder: log, checkpoint, final weights"})
@@ -72,6 +78,9 @@ class TrainConfig:
         default=1e-3, metadata={"help": "Adam learning rate of the '.quantiles' parameters"})
     lr_drop_at: float = dataclasses.field(
         default=0.9, metadata={"help": "fraction of steps after which lr is divided by 10"})
+    lr_drop_minutes: float | None = dataclasses.field(
+        default=None, metadata={"help": "also divide lr by 10 after this many minutes of this "
+                                        "process (time-bounded GPU sessions)"})
     clip: float = dataclasses.field(default=1.0, metadata={"help": "gradient-norm clip, 0: off"})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed"})
     log_every: int = dataclasses.field(default=100, metadata={"help": "steps per log line"})
@@ -94,8 +103,8 @@ class TrainConfig:
     device: str = dataclasses.field(default="auto", metadata={"help": "auto | cuda | cpu"})
     name: str | None = dataclasses.field(
         default=None, metadata={"help": "model name in the export (default: OUT's name)"})
-    quality: int | None = dataclasses.field(
-        default=None, metadata={"help": "quality index in the export"})
+    default_quality: float | None = dataclasses.field(
+        default=None, metadata={"help": "quality `lsq encode` uses by default (export)"})
 
 
 # ----------------------------------------------------------------------------- data
@@ -193,11 +202,17 @@ def load_data(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray], str
 # ----------------------------------------------------------------------------- model
 
 
-def default_builder(quantizer: str, N: int, M: int) -> nn.Module:
-    """The project's model; imported lazily so that tests can inject a tiny one."""
+def codec_options(cfg: dict) -> dict:
+    """Latent-codec options a run's config asks for (stored in the export's metadata)."""
+    return {"mean_shift": False} if cfg.get("origin") else {}
+
+
+def default_builder(cfg: dict) -> nn.Module:
+    """The project's model for a run config; imported lazily so that tests can inject one."""
     from .hyperprior import build_model
 
-    return build_model(quantizer, N, M)
+    return build_model(cfg["quantizer"], cfg["N"], cfg["M"], proxy=cfg.get("proxy", "mixed"),
+                       qualities=(cfg["quality_min"], cfg["quality_max"]), **codec_options(cfg))
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -210,34 +225,38 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bpp, mse) of a forward pass; bits = -sum(log2 likelihoods)."""
-    num_pixels = x.shape[0] * x.shape[2] * x.shape[3]
-    bits = sum(torch.log2(lik.float()).sum() for lik in out["likelihoods"].values())
-    bpp = -bits / num_pixels
-    mse = F.mse_loss(out["x_hat"].float(), x)
+    """Per-image (bpp, mse) of a forward pass, shapes (B,); bits = -sum(log2 likelihoods)."""
+    bits = sum(torch.log2(lik.float()).flatten(1).sum(1) for lik in out["likelihoods"].values())
+    bpp = -bits / (x.shape[2] * x.shape[3])
+    mse = (out["x_hat"].float() - x).pow(2).flatten(1).mean(1)
     return bpp, mse
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, crops: torch.Tensor, batch: int, channels_last: bool) -> dict:
-    """bpp (likelihood estimate) and mean PSNR on the held-out centre crops."""
+    """Mean bpp (likelihood estimate), PSNR and RD cost on the held-out centre crops, at
+    each integer quality of the model: keys val_bpp_q3, val_psnr_q3, val_cost_q3, ..."""
+    from .quality import lmbda
+
     was_training = model.training
     model.eval()
-    bits, pixels, psnrs = 0.0, 0, []
-    for i in range(0, len(crops), batch):
-        x = crops[i : i + batch].float().div_(255.0)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
-        bpp, _ = rd_terms(out, x)
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        bits += float(bpp) * n
-        pixels += n
-        mse = (out["x_hat"].float().clamp(0, 1) - x).pow(2).mean(dim=(1, 2, 3))
-        psnrs.extend((-10.0 * torch.log10(mse)).tolist())
+    record: dict = {"val_images": len(crops)}
+    for q in range(model.gains.low, model.gains.high + 1):
+        bpps, mses = [], []
+        for i in range(0, len(crops), batch):
+            x = crops[i : i + batch].float().div_(255.0)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x, float(q))
+            bpp, _ = rd_terms(out, x)
+            bpps.append(bpp)
+            mses.append((out["x_hat"].float().clamp(0, 1) - x).pow(2).flatten(1).mean(1))
+        bpp, mse = torch.cat(bpps), torch.cat(mses)
+        record[f"val_bpp_q{q}"] = float(bpp.mean())
+        record[f"val_psnr_q{q}"] = float((-10.0 * torch.log10(mse)).mean())
+        record[f"val_cost_q{q}"] = float((float(lmbda(q)) * 255.0**2 * mse + bpp).mean())
     model.train(was_training)
-    return {"val_bpp": bits / max(pixels, 1), "val_psnr": float(np.mean(psnrs)) if psnrs else
-            float("nan"), "val_images": len(psnrs)}
+    return record
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -372,13 +391,17 @@ def export_weights(
 
     state = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
     cfg = state["config"]
-    model = (build_model or default_builder)(cfg["quantizer"], cfg["N"], cfg["M"])
+    model = (build_model or default_builder)(cfg)
     model.load_state_dict(state["model"])
     model.update(force=True)
+    qualities = [cfg["quality_min"], cfg["quality_max"]]
     full = {
         "name": cfg.get("name") or Path(cfg["out"]).name,
-        "family": cfg["quantizer"], "quality": cfg.get("quality"), "N": cfg["N"], "M": cfg["M"],
-        "lmbda": cfg["lmbda"], "steps": state["step"], "batch": cfg["batch"],
+        "family": cfg["quantizer"], "qualities": qualities,
+        "default_quality": cfg.get("default_quality") or qualities[0],
+        "codec_options": codec_options(cfg), "N": cfg["N"], "M": cfg["M"],
+        "steps": state["step"], "images_seen": state["step"] * cfg["batch"] *
+        state.get("world_size", 1), "batch": cfg["batch"], "crop": cfg["crop"],
         "data": state.get("data"), "gpu_time": round(state.get("elapsed_s", 0.0), 1),
         "command": state.get("command"),
     }
@@ -411,12 +434,16 @@ def train_step(
     ``net`` is ``model`` or its DDP wrapper; the aux loss goes through ``model`` and its
     gradients are averaged by hand, since DDP ignores the '.quantiles' parameters.
     """
+    from .quality import lmbda
+
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    q = model.gains.sample(x.shape[0], x.device)
     with autocast:
-        out = net(x)
+        out = net(x, q)
     bpp, mse = rd_terms(out, x)
-    loss = cfg.lmbda * 255.0**2 * mse + bpp
+    loss = (lmbda(q).to(x.device, torch.float32) * 255.0**2 * mse + bpp).mean()
+    bpp, mse = bpp.mean(), mse.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip > 0:
@@ -479,7 +506,7 @@ def train(
     train_imgs, val_imgs, data_desc = data if data is not None else load_data(cfg)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = (build_model or default_builder)(cfg.quantizer, cfg.N, cfg.M).to(device)
+    model = (build_model or default_builder)(dataclasses.asdict(cfg)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     main_params, aux_params = split_parameters(model)
@@ -492,7 +519,7 @@ def train(
     _seed_everything(cfg.seed, rank, 0)
     if cfg.resume and checkpoint_exists(out_dir):
         state = load_checkpoint(out_dir)
-        for key in ("quantizer", "N", "M", "lmbda"):
+        for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin"):
             if state["config"][key] != getattr(cfg, key):
                 raise ValueError(f"checkpoint in {out_dir} has {key}={state['config'][key]!r}, "
                                  f"this run {getattr(cfg, key)!r}")
@@ -556,7 +583,9 @@ def train(
     check_every = 1 if world == 1 else 20
     model.train()
     while step < end:
-        lr = cfg.lr * (0.1 if step >= drop_step else 1.0)
+        late = (cfg.lr_drop_minutes is not None
+                and time.monotonic() - t_start >= cfg.lr_drop_minutes * 60)
+        lr = cfg.lr * (0.1 if step >= drop_step or late else 1.0)
         for group in opt.param_groups:
             group["lr"] = lr
         x = sampler.sample(cfg.batch)

@@ -1,0 +1,95 @@
+"""The full Leech lattice under its exact Gaussian prior (DESIGN.md sections 3 and 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lsq.codec import leech, tables
+from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
+from lsq.codec.lattice_prior import leech_log_prob, leech_log_prob_centred
+from lsq.codec.quantizers import (
+    BLOCK,
+    LEECH_UNIT_STEP,
+    from_blocks,
+    leech_cell_noise,
+    straight_through,
+    to_blocks,
+)
+from lsq.models.latent_codecs.base import SCALE_BOUND, LatentCodec, as_numpy, spread
+
+
+def _blocks(t: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) -> (M/24 * H * W, 24): one latent's blocks, flattened in order."""
+    return to_blocks(t[None]).reshape(-1, BLOCK)
+
+
+def _unblocks(b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    m, h, w = shape
+    return from_blocks(b.reshape(1, m // BLOCK, h, w, BLOCK))[0]
+
+
+class LeechLatentCodec(LatentCodec):
+    """Blocks of 24 channels quantized on Λ24 with step ``LEECH_UNIT_STEP`` (unit density).
+
+    ``params`` = (scales, means), M channels each. With ``mean_shift`` (the default) the
+    lattice is anchored at the predicted mean: (y - mu) / step is quantized and mu added back,
+    so the prior is centred on a lattice point and its partition function takes the fast
+    centred form. Without it the lattice is anchored at the origin and the prior's mean is
+    mu / step (the general form, 8,192 cosets). Either way the rate is -log2 P of the lattice
+    point itself (straight-through), never of a noisy value: the prior is a pmf.
+    """
+
+    name = "leech"
+
+    def __init__(self, M: int, proxy: str = "mixed", mean_shift: bool = True) -> None:
+        super().__init__(M, proxy)
+        self.mean_shift = mean_shift
+
+    @property
+    def hyper_channels(self) -> int:
+        return 2 * self.M
+
+    def forward(self, y: torch.Tensor, params: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scales, means = (to_blocks(p) for p in params.chunk(2, 1))
+        anchor = means if self.mean_shift else torch.zeros_like(means)
+        v = (to_blocks(y) - anchor) / LEECH_UNIT_STEP
+        hard = straight_through(v, leech.nearest(v.detach()).to(v.dtype))
+        sigma = scales.clamp(min=SCALE_BOUND) / LEECH_UNIT_STEP
+        if self.mean_shift:
+            log_p = leech_log_prob_centred(hard, sigma)
+        else:
+            log_p = leech_log_prob(hard, means / LEECH_UNIT_STEP, sigma)
+        recon = hard
+        if self.training_proxy() == "noise":
+            recon = v + leech_cell_noise(v.shape, v.device, v.dtype)
+        return from_blocks(recon * LEECH_UNIT_STEP + anchor), {"y": spread(log_p)}
+
+    def coding_parameters(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """What ``LeechCoder`` codes the blocks under, from integer-exact hyper outputs
+        (C, H, W): scale indices into ``THETA_SCALES`` and means in 1 / MEAN_GRID units,
+        both in the integer frame (means all 0 when mean-shifted)."""
+        scales, means = (as_numpy(_blocks(p.to(torch.float64))) for p in params.chunk(2, 0))
+        s = scale_index(scales.clip(min=SCALE_BOUND) / LEECH_UNIT_STEP, tables.theta_tables())
+        if self.mean_shift:
+            return s, np.zeros_like(s)
+        return s, np.floor(means / LEECH_UNIT_STEP * tables.MEAN_GRID + 0.5).astype(np.int64)
+
+    def anchor(self, params: torch.Tensor) -> torch.Tensor:
+        """Blocks (n, 24) of the point the lattice is anchored at, float64 on the CPU."""
+        means = _blocks(params[self.M :].to(torch.float64).cpu())
+        return means if self.mean_shift else torch.zeros_like(means)
+
+    def code(self, params: torch.Tensor, enc: Encoder | None = None,
+             dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        coder = LeechCoder()
+        s, mq = self.coding_parameters(params)
+        anchor = self.anchor(params)
+        if enc is not None:
+            points = leech.nearest((_blocks(y) - anchor) / LEECH_UNIT_STEP).numpy()
+            coder.encode(enc, points, s, mq)
+        else:
+            points = coder.decode(dec, s, mq)
+        recon = torch.from_numpy(points).to(torch.float64) * LEECH_UNIT_STEP + anchor
+        return _unblocks(recon, torch.Size((self.M, *params.shape[1:])))
