@@ -34,7 +34,7 @@ def snap_quality(q: float) -> float:
 def lmbda(q: torch.Tensor | float) -> torch.Tensor:
     """The rate-distortion weight of quality q: CompressAI's table, geometric in between."""
     q = torch.as_tensor(q, dtype=torch.float64)
-    log_l = torch.log(torch.tensor(LAMBDAS, dtype=torch.float64))
+    log_l = torch.log(torch.tensor(LAMBDAS, dtype=torch.float64, device=q.device))
     lo = q.floor().clamp(MIN_QUALITY, MAX_QUALITY - 1).long() - MIN_QUALITY
     t = q - MIN_QUALITY - lo
     return torch.exp(log_l[lo] * (1 - t) + log_l[lo + 1] * t)
