@@ -92,6 +92,9 @@ class TrainConfig:
         default=None, metadata={"help": "stop with a checkpoint after this many minutes"})
     stop_step: int | None = dataclasses.field(
         default=None, metadata={"help": "stop with a checkpoint at this step (chunked runs)"})
+    init: str | None = dataclasses.field(
+        default=None, metadata={"help": "start from these exported weights (fresh optimizer) "
+                                        "when OUT has no checkpoint"})
     resume: bool = dataclasses.field(
         default=True, metadata={"help": "continue from OUT's checkpoint if there is one"})
     ckpt_moments: str = dataclasses.field(
@@ -517,6 +520,11 @@ def train(
 
     step, elapsed_before = 0, 0.0
     _seed_everything(cfg.seed, rank, 0)
+    if cfg.init and not (cfg.resume and checkpoint_exists(out_dir)):
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in load_file(cfg.init).items()})
     if cfg.resume and checkpoint_exists(out_dir):
         state = load_checkpoint(out_dir)
         for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin"):
