@@ -141,7 +141,9 @@ def _say(message: str, to_stderr: bool) -> None:
 @click.argument("input_path", metavar="IN")
 @click.option("-o", "--output", required=True, help="Output .lsq file, or - for stdout.")
 @click.option("--model", default=None, help="Model name or family (see `lsq models`).")
-@click.option("--quality", type=click.IntRange(min=0), default=None, help="Rate index.")
+@click.option("--quality", type=click.FloatRange(1, 8), default=None,
+              help="1 (smallest files) to 8 (best quality), fractions allowed; "
+                   "default: the model's own (about 0.5 bpp for the default model).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
@@ -149,7 +151,7 @@ def encode(
     input_path: str,
     output: str,
     model: str | None,
-    quality: int | None,
+    quality: float | None,
     device: str,
     force: bool,
     quiet: bool,
@@ -161,7 +163,7 @@ def encode(
     if output == STDIO and sys.stdout.isatty():
         raise click.ClickException("refusing to write binary data to a terminal")
     img = _open_image(input_path, read_input(input_path))
-    registry.resolve(model, quality)  # fail on an unknown model before loading torch
+    registry.pick_quality(registry.resolve(model, quality), quality)  # fail before torch loads
 
     from lsq.models.image_codec import ImageCodecError, encode_image_report
 
@@ -318,10 +320,10 @@ def models() -> None:
         click.echo(f"no models are shipped (looked in {registry.weights_dir()})")
         return
     default = registry.default_name()
-    click.echo(f"  {'name':28} {'family':16} {'quality':>7} {'lambda':>10} {'steps':>8}")
+    click.echo(f"  {'name':28} {'family':16} {'qualities':>9} {'default':>7} {'steps':>8}")
     for c in configs:
         mark = "*" if c["name"] == default else " "
         click.echo(
-            f"{mark} {c['name']:28} {c['family']:16} {c['quality']:>7} "
-            f"{c.get('lmbda', '?')!s:>10} {c.get('steps', '?')!s:>8}"
+            f"{mark} {c['name']:28} {c['family']:16} {registry.describe_qualities(c):>9} "
+            f"{c['default_quality']:>7g} {c.get('steps', '?')!s:>8}"
         )

@@ -1,10 +1,10 @@
 """The `.lsq` container: a versioned header, opaque coded sections and a CRC32.
 
-Byte layout of format version 1 (all integers unsigned, big-endian)::
+Byte layout of format version 2 (all integers unsigned, big-endian)::
 
     offset  size  field
     0       4     magic b"\\x89LSQ" (the high first byte catches text-mode transfers)
-    4       1     format version (1)
+    4       1     format version (2; version 1 streams, from fixed-rate models, are refused)
     5       1     L = length of the model name
     6       L     model name (UTF-8)
     ..      8     weights hash (first 8 bytes of the SHA-256 of the weights file)
@@ -12,7 +12,7 @@ Byte layout of format version 1 (all integers unsigned, big-endian)::
     ..      1     K = length of the original mode string
     ..      K     original Pillow mode (ASCII, e.g. "RGB", "I;16", "P")
     ..      2     conversion flags (FLAG_*; unknown bits must be zero)
-    ..      1     quality (rate index of the model, 1 = lowest rate)
+    ..      2     quality in 1/256 steps (1.0 .. 8.0 -> 256 .. 2048; 0 is invalid)
     ..      2     tile size in pixels (multiple of 64, 64..4096)
     ..      2+2   tile grid: columns, rows (must equal ceil(width / tile), ceil(height / tile))
     ..            per tile, in raster order: D (1 byte, 1..4) then D x 2-byte latent dims
@@ -33,7 +33,8 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89LSQ"
-VERSION = 1
+VERSION = 2
+QUALITY_STEPS = 256  # the stream holds the quality in steps of 1/256
 MAX_SIDE = 65535
 MIN_TILE = 64
 MAX_TILE = 4096
@@ -86,7 +87,7 @@ class Header:
     height: int
     mode: str
     flags: int
-    quality: int
+    quality: float
     tile: int
     latent_shapes: tuple[tuple[int, ...], ...]
     section_lengths: tuple[int, ...] = field(default=())
@@ -124,8 +125,11 @@ class Header:
             raise BitstreamError(f"mode must be 1..{MAX_MODE_BYTES} ASCII characters")
         if not 0 <= self.flags <= 0xFFFF or self.flags & ~KNOWN_FLAGS:
             raise BitstreamError(f"unknown flag bits 0x{self.flags & ~KNOWN_FLAGS:04x}")
-        if not 0 <= self.quality <= 255:
-            raise BitstreamError(f"quality {self.quality} outside 0..255")
+        steps = self.quality * QUALITY_STEPS
+        if not (isinstance(self.quality, int | float) and 1 <= steps <= 0xFFFF
+                and steps == int(steps)):
+            raise BitstreamError(
+                f"quality {self.quality} is not a positive multiple of 1/{QUALITY_STEPS}")
         if not (MIN_TILE <= self.tile <= MAX_TILE and self.tile % MIN_TILE == 0):
             raise BitstreamError(
                 f"tile size {self.tile} must be a multiple of {MIN_TILE} in {MIN_TILE}..{MAX_TILE}"
@@ -167,7 +171,8 @@ def pack(header: Header, sections: list[bytes]) -> bytes:
         header.weights_hash,
         struct.pack(">HHB", header.width, header.height, len(mode)),
         mode,
-        struct.pack(">HBHHH", header.flags, header.quality, header.tile, cols, rows),
+        struct.pack(">HHHHH", header.flags, int(header.quality * QUALITY_STEPS), header.tile,
+                    cols, rows),
     ]
     for shape in header.latent_shapes:
         parts.append(struct.pack(f">B{len(shape)}H", len(shape), *shape))
@@ -224,7 +229,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         mode = r.take(mode_len, "image mode").decode("ascii")
     except UnicodeDecodeError:
         raise BitstreamError("image mode is not ASCII") from None
-    flags, quality, tile, cols, rows = r.unpack(">HBHHH", "coding parameters")
+    flags, quality_steps, tile, cols, rows = r.unpack(">HHHHH", "coding parameters")
     if cols * rows > r.end - r.pos:  # each latent shape takes at least one byte
         raise BitstreamError(f"truncated: tile grid {cols}x{rows} exceeds the stream")
     shapes = []
@@ -244,7 +249,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         height=height,
         mode=mode,
         flags=flags,
-        quality=quality,
+        quality=quality_steps / QUALITY_STEPS,
         tile=tile,
         latent_shapes=tuple(shapes),
         section_lengths=lengths,

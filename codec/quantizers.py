@@ -24,7 +24,7 @@ from lsq.codec import leech
 BLOCK = 24
 PROXIES = ("ste", "noise", "mixed")
 #: Step that gives the integer-frame Leech lattice (volume 8**12) unit density per dimension.
-LEECH_UNIT_STEP = 2.0**-1.5
+LEECH_UNIT_STEP = 0.3535533905932738  # 2 ** -1.5 (0x1.6a09e667f3bcdp-2), the same float everywhere
 SHELL_NORM = math.sqrt(32.0)
 
 
@@ -111,12 +111,13 @@ class BSQQuantizer:
 
 
 class LeechQuantizer:
-    """Full Leech lattice on y / step (integer frame)."""
+    """Full Leech lattice on y / step (integer frame); the caller subtracts its anchor (the
+    predicted mean, for the mean-shifted codec) first and adds it back after."""
 
     def quantize(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(self.symbols(y, step), step).to(y.dtype)
 
-    def proxy(self, y: torch.Tensor, step: torch.Tensor, kind: str) -> Proxy:
+    def proxy(self, y: torch.Tensor, step: torch.Tensor | float, kind: str) -> Proxy:
         """``rate_input`` is always the lattice point y / step snaps to (straight-through).
 
         The exact prior is a pmf on the lattice: evaluated off the lattice it is unbounded

@@ -29,10 +29,9 @@ import torch
 from PIL import Image
 
 from lsq.codec.bitstream import unpack
-from lsq.models import registry
+from lsq.models import registry, weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.image_codec import decode_image, encode_image
-from lsq.models.train import export_weights
 
 QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
 
@@ -54,7 +53,8 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
     header, sections = unpack(data)
     net = registry.load(header.model, device)
     with torch.inference_mode():
-        return [net.decompress_latents([[sections[2 * i]], [sections[2 * i + 1]]], shape)[0].cpu()
+        return [net.decompress_latents([[sections[2 * i]], [sections[2 * i + 1]]], shape,
+                                       header.quality)[0].cpu()
                 for i, shape in enumerate(header.latent_shapes)]
 
 
@@ -62,13 +62,14 @@ def write_untrained(folder: Path) -> None:
     """Randomly initialised models of every quantizer, as a weights folder for the registry."""
     for quantizer in QUANTIZERS:
         torch.manual_seed(0)
-        net = build_model(quantizer)
+        qualities = (4, 4) if quantizer == "bsq" else (1, 8)
+        net = build_model(quantizer, qualities=qualities)
+        net.update(force=True)
         name = f"untrained-{quantizer}"
-        config = dict(quantizer=quantizer, N=net.N, M=net.M, lmbda=0.0, batch=0, name=name)
-        export_weights({"config": config, "model": net.state_dict(), "step": 0},
-                       folder / f"{name}.safetensors",
-                       dict(quality=1, data="none", command="check_cross_device --untrained"),
-                       half=False)
+        config = dict(name=name, family=quantizer, qualities=list(qualities),
+                      default_quality=4.5 if qualities[0] < qualities[1] else qualities[0],
+                      N=net.N, M=net.M, command="check_cross_device --untrained")
+        weights_file.save(net.state_dict(), folder / f"{name}.safetensors", config, half=False)
     (folder / "registry.json").write_text(json.dumps({"default": "untrained-leech"}))
 
 

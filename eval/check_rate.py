@@ -1,6 +1,7 @@
 """Coded size of real images against the model's own -log2 P, for Leech models.
 
     python -m lsq.eval.check_rate [--dataset ../shared/data/kodak] [--images 4] [--model NAME]
+        [--quality Q]
 
 Each image's latent is coded as ``lsq encode`` codes it, and its size compared with the
 exact -log2 P (``leech_log_prob``) of the same points under the same quantized parameters:
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lsq.codec import tables
+from lsq.codec import leech, tables
 from lsq.codec.entropy_coding import Encoder, LeechCoder
 from lsq.codec.lattice_prior import leech_log_prob
-from lsq.codec.quantizers import BLOCK, LeechQuantizer, to_blocks
+from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, to_blocks
 from lsq.models import latent_coding, registry
 
 GROUPS = ((0.0, 4.0), (4.0, 6.0), (6.0, math.inf))
@@ -35,8 +36,11 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--model", default=None, help="a Leech model (default: the default)")
+    parser.add_argument("--quality", type=float, default=None, help="default: the model's")
     args = parser.parse_args()
-    net = registry.load(args.model or registry.default_name(), "cpu").eval()
+    config = registry.get_config(args.model or registry.default_name())
+    net = registry.load(config["name"], "cpu").eval()
+    quality = net.gains.check(registry.pick_quality(config, args.quality))
     if net.quantizer != "leech":
         sys.exit(f"check_rate measures Leech models; this one is {net.quantizer}")
     paths = sorted(args.dataset.glob("*.png"))[: args.images]
@@ -48,12 +52,13 @@ def main() -> None:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255)[None]
         with torch.inference_mode():
-            y = net.g_a(x)[0]
+            y = net.g_a(x)[0] * net.gains.coding(quality).float()
             _, z_hat = latent_coding.encode_z(net.entropy_bottleneck, net.h_a(y[None])[0])
             params = latent_coding.integer_hyper_decode(net.h_s, z_hat[None])[0]
-        s, mq = latent_coding.leech_parameters(net, params)
+        codec = net.latent_codec
+        s, mq = codec.coding_parameters(params)
         blocks = to_blocks(y[None].double()).reshape(-1, BLOCK)
-        points = LeechQuantizer().symbols(blocks, net.coding_step.double()).numpy()
+        points = leech.nearest((blocks - codec.anchor(params)) / LEECH_UNIT_STEP).numpy()
         mu, sigma = mq / tables.MEAN_GRID, tables.THETA_SCALES[s]
         bits = -leech_log_prob(torch.from_numpy(points).double(), torch.from_numpy(mu),
                                torch.from_numpy(sigma)).numpy() / math.log(2)

@@ -54,8 +54,9 @@ class LsqCodec:
     """Adapter exposing a family of shipped lsq models as one swept codec.
 
     ``model_name`` is a registry family (entries whose ``family`` equals it, e.g.
-    ``"leech"``) or a single model ``name``. The sweep values are the models' registry
-    ``quality`` numbers; each encode names the model and its quality explicitly. The lsq
+    ``"leech"``) or a single model ``name``. The sweep values are the integer qualities the
+    models cover (1..8 for a variable-rate model); each encode names the model and its
+    quality explicitly. The lsq
     modules are imported lazily: they pull in the networks and weights.
     """
 
@@ -67,7 +68,7 @@ class LsqCodec:
 
     @cached_property
     def rate_points(self) -> dict[int, dict[str, Any]]:
-        """Registry configs of this family (or the single model) keyed by quality."""
+        """Registry configs of this family (or the single model) keyed by integer quality."""
         from lsq.models.registry import list_models
 
         models = list_models()
@@ -77,7 +78,11 @@ class LsqCodec:
         if not family:
             known = sorted({str(m.get("family")) for m in models} | {m["name"] for m in models})
             raise LookupError(f"no lsq model or family '{self.model_name}'; known: {known}")
-        return {int(m["quality"]): m for m in sorted(family, key=lambda m: int(m["quality"]))}
+        points = {}
+        for m in family:
+            low, high = (int(q) for q in m["qualities"])
+            points.update({q: m for q in range(low, high + 1) if q not in points})
+        return dict(sorted(points.items()))
 
     @property
     def qualities(self) -> tuple[int, ...]:

@@ -80,6 +80,7 @@ class LsqHyperprior(CompressionModel):
         x_hat = self.g_s(y_hat * self.gains(q, inverse=True))
         return {"x_hat": x_hat, "likelihoods": {"z": z_likelihoods, **likelihoods}}
 
+    @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: float) -> dict:
         """CompressAI's contract: {"strings": [y_strings, z_strings], "shape": z size}."""
         q = self.gains.check(quality)
@@ -94,6 +95,7 @@ class LsqHyperprior(CompressionModel):
             z_strings.append(z_string)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
 
+    @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int],
                    quality: float) -> dict:
         """Inverse of :meth:`compress`; the hyper path is bit-exact on any device."""
@@ -105,6 +107,7 @@ class LsqHyperprior(CompressionModel):
         x_hat = torch.func.functional_call(self.g_s, weights, (y_hat.to(device),))
         return {"x_hat": x_hat.clamp(0, 1).to(torch.float32)}
 
+    @torch.no_grad()
     def decompress_latents(self, strings: list[list[bytes]], shape: tuple[int, int],
                            quality: float) -> list[torch.Tensor]:
         """The decoded latents y_hat (float64 on the CPU, one per image, inverse gain applied):

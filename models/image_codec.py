@@ -64,7 +64,7 @@ class EncodeReport:
     """What the encoder did, for the CLI to show: model, sizes and every lossy conversion."""
 
     model: str
-    quality: int
+    quality: float
     width: int
     height: int
     mode: str
@@ -196,7 +196,7 @@ def _latent_shape(tw: int, th: int) -> tuple[int, int]:
 def encode_image_report(
     img: Image.Image,
     model: str | None = None,
-    quality: int | None = None,
+    quality: float | None = None,
     device: str = "cpu",
     tile: int = DEFAULT_TILE,
 ) -> tuple[bytes, EncodeReport]:
@@ -213,6 +213,7 @@ def encode_image_report(
     config = registry.resolve(model, quality)
     name = config["name"]
     net = registry.load(name, str(dev))
+    q = net.gains.check(registry.pick_quality(config, quality))
     sections: list[bytes] = []
     shapes: list[tuple[int, ...]] = []
     with torch.inference_mode():
@@ -220,7 +221,7 @@ def encode_image_report(
             block = rgb[y0 : y0 + th, x0 : x0 + tw]
             block = np.pad(block, ((0, _padded(th) - th), (0, _padded(tw) - tw), (0, 0)), "edge")
             x = torch.from_numpy(block).to(dev).permute(2, 0, 1)[None].float().div_(255)
-            out = net.compress(x)
+            out = net.compress(x, q)
             y_strings, z_strings = out["strings"]
             shape = tuple(int(d) for d in out["shape"])
             if shape != _latent_shape(tw, th) or len(y_strings) != 1 or len(z_strings) != 1:
@@ -236,7 +237,7 @@ def encode_image_report(
         height=height,
         mode=mode,
         flags=flags,
-        quality=int(config["quality"]),
+        quality=q,
         tile=tile,
         latent_shapes=tuple(shapes),
     )
@@ -257,7 +258,7 @@ def encode_image_report(
 def encode_image(
     img: Image.Image,
     model: str | None = None,
-    quality: int | None = None,
+    quality: float | None = None,
     device: str = "cpu",
 ) -> bytes:
     """Encode an image to `.lsq` bytes with the chosen (or default) shipped model."""
@@ -306,7 +307,7 @@ def decode_image(
         for i, x0, y0, tw, th in _tiles(header.width, header.height, header.tile):
             strings = [[sections[2 * i]], [sections[2 * i + 1]]]
             try:
-                x_hat = net.decompress(strings, header.latent_shapes[i])["x_hat"]
+                x_hat = net.decompress(strings, header.latent_shapes[i], header.quality)["x_hat"]
             # The container is intact, so a failing entropy decoder means crafted or corrupt
             # sections; constriction reports invalid compressed data as AssertionError.
             except (AssertionError, RuntimeError, ValueError, IndexError, OverflowError) as e:

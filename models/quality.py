@@ -18,9 +18,10 @@ import math
 import torch
 from torch import nn
 
+from lsq.codec.bitstream import QUALITY_STEPS
+
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 MIN_QUALITY, MAX_QUALITY = 1, len(LAMBDAS)
-QUALITY_STEPS = 256  # qualities are multiples of 1/256
 #: Initial gain per integer quality step: the grid shrinks by sqrt(2) per quality.
 GAIN_PER_QUALITY = math.sqrt(2.0)
 INIT_GAIN_QUALITY = 3  # the quality whose initial gain is 1

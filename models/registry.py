@@ -1,9 +1,11 @@
 """Registry of shipped models: safetensors weights plus the config needed to rebuild them.
 
 A model NAME is the file `NAME.safetensors` in the weights folder; its safetensors metadata
-holds a JSON string "config" (keys: name, family, quality, N, M, lmbda, steps, batch, data,
-gpu_time, command). `registry.json` in the same folder names the default model:
-{"default": NAME}. The folder is `models/weights/` of the installed package unless the
+holds a JSON string "config" (the format ``lsq.models.train.export_weights`` writes: name,
+family, qualities [low, high], default_quality, codec_options, N, M and how it was trained).
+A variable-rate model covers every quality in [low, high]; a fixed-rate one has low == high.
+`registry.json` in the same folder names the default model: {"default": NAME}.
+The folder is `models/weights/` of the installed package unless the
 environment variable `LSQ_WEIGHTS_DIR` points elsewhere (tests, experiments).
 
 Only safetensors files are read, so loading a model never unpickles anything.
@@ -18,14 +20,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors import SafetensorError, safe_open
+from lsq.models import weights_file
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded: listing stays fast
     import torch
 
 WEIGHTS_ENV = "LSQ_WEIGHTS_DIR"
-FAMILIES = ("scalar", "bsq", "leech", "spherical-leech")
-REQUIRED_KEYS = ("name", "family", "quality", "N", "M")
 
 
 class UnknownModelError(LookupError):
@@ -48,21 +48,25 @@ def weights_dir() -> Path:
 
 def _read_config(path: Path) -> dict:
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise RegistryError(f"cannot read weights {path}: {e}") from None
-    try:
-        config = json.loads(meta["config"])
-    except (KeyError, json.JSONDecodeError):
-        raise RegistryError(f"{path}: metadata has no valid JSON 'config'") from None
-    if not isinstance(config, dict) or any(k not in config for k in REQUIRED_KEYS):
-        raise RegistryError(f"{path}: config lacks one of {', '.join(REQUIRED_KEYS)}")
+        config = weights_file.read_config(path)
+    except weights_file.WeightsFileError as e:
+        raise RegistryError(str(e)) from None
     if config["name"] != path.stem:
         raise RegistryError(f"{path}: config name {config['name']!r} differs from the file name")
-    if config["family"] not in FAMILIES:
-        raise RegistryError(f"{path}: unknown family {config['family']!r}")
+    low, high = _range(config, path)
+    if not low <= config["default_quality"] <= high:
+        raise RegistryError(f"{path}: default quality outside its range {low}..{high}")
     return config
+
+
+def _range(config: dict, path: Path | None = None) -> tuple[float, float]:
+    try:
+        low, high = (float(q) for q in config["qualities"])
+    except (TypeError, ValueError):
+        raise RegistryError(f"{path}: qualities must be [low, high]") from None
+    if not low <= high:
+        raise RegistryError(f"{path}: qualities must be [low, high]")
+    return low, high
 
 
 @functools.lru_cache(maxsize=8)
@@ -101,23 +105,34 @@ def default_name() -> str | None:
 def list_models() -> list[dict]:
     """Configs of all shipped models, sorted by family then quality."""
     configs = _configs()[0].values()
-    return sorted(configs, key=lambda c: (FAMILIES.index(c["family"]), c["quality"], c["name"]))
+    return sorted(configs, key=lambda c: (c["family"], _range(c), c["name"]))
+
+
+def covers(config: dict, quality: float) -> bool:
+    low, high = _range(config)
+    return low <= quality <= high
+
+
+def describe_qualities(config: dict) -> str:
+    """'1-8' for a variable-rate model, '4' for a fixed-rate one."""
+    low, high = _range(config)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
 def _valid_choices() -> str:
     names = [c["name"] for c in list_models()]
-    families = sorted({c["family"] for c in list_models()}, key=FAMILIES.index)
+    families = sorted({c["family"] for c in list_models()})
     if not names:
         return f"no models are shipped in {weights_dir()}"
     return f"valid models: {', '.join(names)}; families: {', '.join(families)}"
 
 
-def resolve(model: str | None = None, quality: int | None = None) -> dict:
+def resolve(model: str | None = None, quality: float | None = None) -> dict:
     """Pick a config from a name or a family plus an optional quality.
 
     None means the default model (or the default's family when only a quality is given).
-    A family without a quality picks the default's quality if that family has it, else
-    the highest quality of the family.
+    A family picks the default model if it is of that family, else the family's model with
+    the highest qualities; with a quality, the first model of the family that covers it.
     """
     configs, default = _configs()
     if model is None:
@@ -128,23 +143,32 @@ def resolve(model: str | None = None, quality: int | None = None) -> dict:
         model = configs[default]["family"]
     if model in configs:
         config = configs[model]
-        if quality is not None and quality != config["quality"]:
+        if quality is not None and not covers(config, quality):
             raise UnknownModelError(
-                f"model {model!r} has quality {config['quality']}, not {quality}"
+                f"model {model!r} has qualities {describe_qualities(config)}, not {quality:g}"
             )
         return config
     family = [c for c in list_models() if c["family"] == model]
     if not family:
         raise UnknownModelError(f"unknown model {model!r}; {_valid_choices()}")
-    if quality is None:
-        if default is not None and configs[default]["family"] == model:
-            return configs[default]
-        return family[-1]
+    if default is not None and configs[default]["family"] == model:  # the default first
+        family = [configs[default], *(c for c in family if c["name"] != default)]
+    else:  # the highest qualities first
+        family.reverse()
     for config in family:
-        if config["quality"] == quality:
+        if quality is None or covers(config, quality):
             return config
-    qualities = ", ".join(str(c["quality"]) for c in family)
-    raise UnknownModelError(f"family {model!r} has no quality {quality}; it has {qualities}")
+    qualities = ", ".join(describe_qualities(c) for c in family)
+    raise UnknownModelError(f"family {model!r} has no quality {quality:g}; it has {qualities}")
+
+
+def pick_quality(config: dict, quality: float | None) -> float:
+    """The quality a model codes at: the asked one (checked) or the model's default."""
+    q = config["default_quality"] if quality is None else quality
+    if not covers(config, q):
+        raise UnknownModelError(
+            f"model {config['name']!r} has qualities {describe_qualities(config)}, not {q:g}")
+    return float(q)
 
 
 def get_config(name: str) -> dict:
@@ -192,16 +216,14 @@ def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
 
     config = _read_config(path)
     try:
-        net = build_model(config["family"], int(config["N"]), int(config["M"]))
-        state = {}
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                t = f.get_tensor(key)
-                state[key] = t.float() if t.is_floating_point() else t
+        low, high = (int(q) for q in config["qualities"])
+        net = build_model(config["family"], int(config["N"]), int(config["M"]),
+                          qualities=(low, high), **config.get("codec_options", {}))
+        state = weights_file.load_state(path)
         # Entropy tables are buffers of the state dict: never call update() here, it would
         # rebuild them from floats and break bit-exact decoding across machines.
         net.load_state_dict(state)
-    except (ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise RegistryError(f"{path}: weights do not fit the model of its config ({e})") from None
     return net.to(device).eval()
 

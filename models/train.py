@@ -369,13 +369,6 @@ def _seed_everything(seed: int, rank: int, step: int) -> None:
 # ----------------------------------------------------------------------------- export
 
 
-def _fp16_safe(t: torch.Tensor) -> bool:
-    """Big float tensors whose values fp16 holds; small ones (biases, entropy tables) stay fp32."""
-    if not t.is_floating_point() or t.numel() < 1024:
-        return False
-    return bool(t.abs().max() < 6e4)
-
-
 def export_weights(
     ckpt: str | os.PathLike | dict,
     out_path: str | os.PathLike,
@@ -387,10 +380,10 @@ def export_weights(
 
     Integer buffers (``_quantized_cdf``, ``_offset``, ``_cdf_length``) are stored exactly;
     with ``half`` the large float tensors are stored as fp16 (about halving the file) and
-    everything else as fp32. ``meta`` overrides the defaults taken from the checkpoint and
-    is stored as ``{"config": json.dumps(meta)}``.
+    everything else as fp32 (``lsq.models.weights_file``). ``meta`` overrides the defaults
+    taken from the checkpoint.
     """
-    from safetensors.torch import save_file
+    from .weights_file import save
 
     state = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
     cfg = state["config"]
@@ -412,16 +405,7 @@ def export_weights(
     missing = [k for k in EXPORT_META_KEYS if k not in full]
     if missing:
         raise ValueError(f"export metadata lacks {missing}")
-    tensors = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        tensors[k] = (v.half() if half and _fp16_safe(v) else v).contiguous().clone()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"config": json.dumps(full)})
-    os.replace(tmp, out)
-    return out
+    return save(model.state_dict(), out_path, full, half=half)
 
 
 # ----------------------------------------------------------------------------- training
@@ -521,10 +505,9 @@ def train(
     step, elapsed_before = 0, 0.0
     _seed_everything(cfg.seed, rank, 0)
     if cfg.init and not (cfg.resume and checkpoint_exists(out_dir)):
-        from safetensors.torch import load_file
+        from .weights_file import load_state
 
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in load_file(cfg.init).items()})
+        model.load_state_dict(load_state(cfg.init))
     if cfg.resume and checkpoint_exists(out_dir):
         state = load_checkpoint(out_dir)
         for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin"):

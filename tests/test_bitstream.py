@@ -29,7 +29,7 @@ def make_header(**overrides) -> Header:
         height=70,
         mode="RGBA",
         flags=FLAG_ALPHA | FLAG_GRAY,
-        quality=3,
+        quality=3.25,
         tile=64,
         latent_shapes=((1, 1), (1, 1), (1, 1), (1, 1)),
     )
@@ -42,7 +42,7 @@ SECTIONS = [b"y0", b"z0", b"", b"z1", b"y2" * 50, b"z2", b"y3", b"z3", b"alpha"]
 
 def raw_stream(
     *,
-    version: int = 1,
+    version: int = 2,
     name: bytes = b"m",
     size: tuple[int, int] = (64, 64),
     mode: bytes = b"RGB",
@@ -64,7 +64,7 @@ def raw_stream(
         + b"h" * 8
         + struct.pack(">HHB", *size, len(mode))
         + mode
-        + struct.pack(">HBHHH", flags, 1, tile, *grid)
+        + struct.pack(">HHHHH", flags, 256, tile, *grid)
         + shapes
         + struct.pack(f">I{len(sections)}I", count, *map(len, sections))
         + b"".join(sections)
@@ -109,7 +109,8 @@ def test_hand_built_stream_is_valid() -> None:
         (b"", "not an lsq file"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an lsq file"),
         (MAGIC, "truncated"),
-        (raw_stream(version=2), "version 2 not supported"),
+        (raw_stream(version=1), "version 1 not supported"),
+        (raw_stream(version=3), "version 3 not supported"),
         (raw_stream(version=0), "version 0 not supported"),
         (raw_stream(fix_crc=False), "corrupt: checksum mismatch"),
         (raw_stream()[:-1], "truncated"),
@@ -164,6 +165,8 @@ def test_bitstream_error_is_value_error() -> None:
         ({"mode": "RGB\u00e9"}, "ASCII"),
         ({"flags": 1 << 12}, "unknown flag"),
         ({"quality": 256}, "quality"),
+        ({"quality": 0}, "quality"),
+        ({"quality": 3.001}, "multiple of 1/256"),
         ({"tile": 65}, "tile size"),
         ({"latent_shapes": ((1, 1),)}, "latent shapes"),
         ({"latent_shapes": ((),) * 4}, "invalid latent shape"),

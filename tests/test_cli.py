@@ -27,26 +27,22 @@ TINY = {"N": 8, "M": 24}
 
 
 def make_weights(folder: Path) -> None:
-    """Two tiny scalar models (fp32 and fp16 files) and a registry naming the first."""
-    torch = pytest.importorskip("torch")
-    hyperprior = pytest.importorskip("lsq.models.hyperprior")
-    from safetensors.torch import save_file
+    """Two tiny scalar models and a registry naming the first: tiny-scalar-q1 variable-rate
+    over qualities 1..5 (default 1, fp32 file), tiny-scalar-q6 fixed-rate at 6 (fp16 file)."""
+    import torch
+
+    from lsq.models import weights_file
+    from lsq.models.hyperprior import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    for quality, dtype in ((1, torch.float32), (2, torch.float16)):
-        net = hyperprior.build_model("scalar", **TINY)
+    for name, qualities, half in (("tiny-scalar-q1", (1, 5), False),
+                                  ("tiny-scalar-q6", (6, 6), True)):
+        net = build_model("scalar", qualities=qualities, **TINY)
         net.update(force=True)
-        name = f"tiny-scalar-q{quality}"
-        config = dict(
-            name=name, family="scalar", quality=quality, lmbda=0.001 * quality, steps=0,
-            batch=1, data="none", gpu_time=0, command="tests/test_cli.py", **TINY,
-        )
-        state = {
-            k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
-            for k, v in net.state_dict().items()
-        }
-        save_file(state, str(folder / f"{name}.safetensors"), {"config": json.dumps(config)})
+        config = dict(name=name, family="scalar", qualities=list(qualities),
+                      default_quality=qualities[0], steps=0, command="tests/test_cli.py", **TINY)
+        weights_file.save(net.state_dict(), folder / f"{name}.safetensors", config, half=half)
     (folder / "registry.json").write_text(json.dumps({"default": "tiny-scalar-q1"}))
 
 
@@ -177,7 +173,7 @@ def test_info_text_and_json(env: dict[str, str], coded: dict) -> None:
     info = json.loads(result.stdout)
     assert info["width"] == 50 and info["height"] == 40 and info["mode"] == "RGBA"
     assert info["flags"] == ["alpha"] and info["bytes"] == coded["rgba"]["lsq"].stat().st_size
-    assert len(info["section_lengths"]) == 3 and info["version"] == 1
+    assert len(info["section_lengths"]) == 3 and info["version"] == 2 and info["quality"] == 1.0
 
 
 def test_stdin_stdout_pipeline(env: dict[str, str], coded: dict) -> None:
@@ -207,10 +203,10 @@ def test_existing_output_needs_force(env: dict[str, str], coded: dict, tmp_path:
     assert_one_line_error(refused, "exists; use --force")
     assert out.read_bytes() == b"keep me"
     forced = lsq(env, "encode", coded["gray"]["src"], "-o", out, "--force", "--quiet",
-                 "--model", "scalar", "--quality", "2")
+                 "--model", "scalar", "--quality", "6")
     assert forced.returncode == 0 and forced.stdout == b"" and forced.stderr == b""
     assert out.read_bytes()[:4] == b"\x89LSQ"
-    assert json.loads(lsq(env, "info", "--json", out).stdout)["model"] == "tiny-scalar-q2"
+    assert json.loads(lsq(env, "info", "--json", out).stdout)["model"] == "tiny-scalar-q6"
     out.write_bytes(b"keep me")
     refused = lsq(env, "decode", coded["gray"]["lsq"], "-o", out)
     assert_one_line_error(refused, "exists; use --force")
@@ -266,7 +262,9 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
         (["encode", junk, "-o", tmp_path / "a.lsq"], "not an image"),
         (["encode", cut, "-o", tmp_path / "a.lsq"], "cut.png: cannot read image"),
         (["encode", src, "-o", tmp_path / "a.lsq", "--model", "nope"], "unknown model 'nope'"),
-        (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "9"], "no quality 9"),
+        (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "5.5"],
+         "has no quality 5.5; it has 1-5, 6"),
+        (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "9"], "range 1<=x<=8"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.xyz"], "unknown output format"),
         (["encode", src, "-o", tmp_path / "nodir" / "a.lsq"], "does not exist"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "nodir" / "a.png"], "does not exist"),
@@ -281,7 +279,7 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
 def test_unknown_model_lists_valid_names(env: dict[str, str], coded: dict,
                                          tmp_path: Path) -> None:
     result = lsq(env, "encode", coded["gray"]["src"], "-o", tmp_path / "a.lsq", "--model", "x")
-    assert_one_line_error(result, "tiny-scalar-q1", "tiny-scalar-q2")
+    assert_one_line_error(result, "tiny-scalar-q1", "tiny-scalar-q6")
 
 
 def test_stream_for_missing_model(coded: dict, tmp_path: Path) -> None:
@@ -293,7 +291,7 @@ def test_stream_for_missing_model(coded: dict, tmp_path: Path) -> None:
 def test_models_command(env: dict[str, str], tmp_path: Path) -> None:
     out = lsq(env, "models").stdout.decode().splitlines()
     assert any(line.startswith("* tiny-scalar-q1") for line in out)
-    assert any(line.startswith("  tiny-scalar-q2") for line in out)
+    assert any(line.startswith("  tiny-scalar-q6") for line in out)
     none = lsq({**os.environ, "LSQ_WEIGHTS_DIR": str(tmp_path)}, "models")
     assert none.returncode == 0 and "no models are shipped" in none.stdout.decode()
 

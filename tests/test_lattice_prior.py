@@ -60,3 +60,27 @@ def test_float32_gradients_are_finite_over_extreme_parameters() -> None:
     assert torch.isfinite(lp).all() and (lp <= 1e-4).all()
     lp.sum().backward()
     assert torch.isfinite(mu.grad).all() and torch.isfinite(sigma.grad).all()
+
+
+def test_centred_partition_equals_general_formula_at_zero_mean() -> None:
+    from lsq.codec.lattice_prior import leech_log_partition_centred
+
+    torch.manual_seed(5)
+    for lo, hi in ((0.05, 0.5), (0.3, 3.0), (2.0, 8.0), (5.0, 300.0), (0.05, 300.0)):
+        sigma = torch.exp(torch.empty(300, 24, dtype=torch.float64).uniform_(
+            math.log(lo), math.log(hi)))
+        general = leech_log_partition(torch.zeros_like(sigma), sigma)
+        centred = leech_log_partition_centred(sigma)
+        torch.testing.assert_close(centred, general, rtol=1e-12, atol=1e-12)
+
+
+def test_centred_partition_gradient_and_float32() -> None:
+    from lsq.codec.lattice_prior import leech_log_partition_centred
+
+    torch.manual_seed(6)
+    sigma = (torch.rand(4, 24, dtype=torch.float64) * 3 + 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(leech_log_partition_centred, (sigma,))
+    wide = torch.exp(torch.empty(500, 24, dtype=torch.float64).uniform_(-2.0, 6.0))
+    ref = leech_log_partition_centred(wide)
+    f32 = leech_log_partition_centred(wide.float()).double()
+    assert float(((f32 - ref) / ref.abs().clamp(min=1)).abs().max()) < 1e-5

@@ -1,12 +1,11 @@
-"""The four hyperprior codecs: training forward, exact compress/decompress, determinism."""
-
-import math
+"""The hyperprior codecs: training forward, exact compress/decompress, qualities, determinism."""
 
 import pytest
 import torch
 
 from lsq.models import latent_coding
 from lsq.models.hyperprior import QUANTIZERS, build_model
+from lsq.models.quality import LAMBDAS, QualityGains, lmbda
 
 
 @pytest.fixture(scope="module")
@@ -16,20 +15,51 @@ def image() -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, 5, 1, 2)  # some spatial structure
 
 
-@pytest.mark.parametrize("quantizer", QUANTIZERS)
-def test_round_trip_matches_eval_forward(quantizer: str, image: torch.Tensor) -> None:
-    torch.manual_seed(1)
-    model = build_model(quantizer, N=16, M=48).eval()
+def coded_model(quantizer: str, seed: int = 1):
+    torch.manual_seed(seed)
+    qualities = (4, 4) if quantizer == "bsq" else (1, 8)
+    model = build_model(quantizer, N=16, M=48, qualities=qualities).eval()
+    with torch.no_grad():  # spread the gains so that qualities really differ
+        model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
     model.update(force=True)
+    return model
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_round_trip_is_exact_at_fractional_quality(quantizer: str, image: torch.Tensor) -> None:
+    model = coded_model(quantizer)
+    q = 4.0 if quantizer == "bsq" else 2.671875  # a multiple of 1/256
     with torch.no_grad():
-        out = model(image)
-        coded = model.compress(image)
-        decoded = model.decompress(coded["strings"], coded["shape"])["x_hat"]
-        again = model.decompress(coded["strings"], coded["shape"])["x_hat"]
-    assert decoded.shape == image.shape
-    assert torch.equal(decoded, again)
-    assert (decoded - out["x_hat"].clamp(0, 1)).abs().max() < 0.05
-    assert all(len(s[0]) > 0 for s in coded["strings"])
+        coded = model.compress(image, q)
+        first = model.decompress_latents(coded["strings"], coded["shape"], q)[0]
+        again = model.decompress_latents(coded["strings"], coded["shape"], q)[0]
+        x_hat = model.decompress(coded["strings"], coded["shape"], q)["x_hat"]
+        # the encoder's own reconstruction: what it quantized, times the inverse gain
+        y = model.g_a(image) * model.gains.coding(q).float()
+        z_string, z_hat = latent_coding.encode_z(model.entropy_bottleneck, model.h_a(y)[0])
+        params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
+        from lsq.codec.entropy_coding import Encoder
+
+        encoder_side = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
+    assert torch.equal(first, again)
+    assert first.dtype == torch.float64
+    assert torch.equal(first, encoder_side * model.gains.coding(q, inverse=True))
+    assert coded["strings"][1][0] == z_string
+    assert x_hat.shape == image.shape and all(len(s[0]) > 0 for s in coded["strings"])
+
+
+@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
+def test_quality_changes_only_the_gains(quantizer: str, image: torch.Tensor) -> None:
+    """The same strings decoded at another quality give the same symbols, rescaled."""
+    model = coded_model(quantizer)
+    with torch.no_grad():
+        coded = model.compress(image, 3.5)
+        at_35 = model.decompress_latents(coded["strings"], coded["shape"], 3.5)[0]
+        at_6 = model.decompress_latents(coded["strings"], coded["shape"], 6.0)[0]
+        other = model.compress(image, 6.0)
+    ratio = model.gains.coding(6.0, inverse=True) / model.gains.coding(3.5, inverse=True)
+    torch.testing.assert_close(at_6, at_35 * ratio, rtol=1e-12, atol=0)
+    assert other["strings"] != coded["strings"]
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
@@ -37,12 +67,37 @@ def test_training_forward_has_finite_rate_and_gradients(quantizer: str,
                                                         image: torch.Tensor) -> None:
     torch.manual_seed(2)
     model = build_model(quantizer, N=16, M=48).train()
-    out = model(image)
+    out = model(image.expand(2, -1, -1, -1), torch.tensor([1.5, 7.25]))
     bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
     assert torch.isfinite(bits) and bits > 0
     (bits + ((out["x_hat"] - image) ** 2).mean()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.gains.log_gain.grad is not None and model.gains.log_gain.grad.abs().sum() > 0
+
+
+def test_lambda_table_and_interpolation() -> None:
+    assert [round(float(lmbda(q)), 6) for q in range(1, 9)] == list(LAMBDAS)
+    mid = float(lmbda(3.5))
+    assert abs(mid - (LAMBDAS[2] * LAMBDAS[3]) ** 0.5) < 1e-12
+
+
+def test_coding_gains_interpolate_exactly_and_check_range() -> None:
+    gains = QualityGains(24, 2, 5)
+    with torch.no_grad():
+        gains.log_gain.normal_()
+    gains.update()
+    table = gains.coding_gain.double()
+    assert torch.equal(gains.coding(3.0)[:, 0, 0], table[1])
+    assert torch.equal(gains.coding(5.0)[:, 0, 0], table[3])
+    assert torch.equal(gains.coding(3.25)[:, 0, 0], table[1] * 0.75 + table[2] * 0.25)
+    assert gains.check(3.1) == round(3.1 * 256) / 256
+    for bad in (1.0, 5.5, float("nan")):
+        with pytest.raises(ValueError, match="outside"):
+            gains.check(bad)
+    fixed = QualityGains(24, 4, 4)
+    fixed.update()
+    assert torch.equal(fixed.coding(4.0)[:, 0, 0], fixed.coding_gain[0].double())
 
 
 def test_integer_hyper_decoder_is_exact_and_thread_independent() -> None:
@@ -63,14 +118,23 @@ def test_integer_hyper_decoder_is_exact_and_thread_independent() -> None:
         assert (first.float() - model.h_s(z_hat)).abs().max() < 0.05
 
 
-def test_unknown_quantizer_and_bad_channels_raise() -> None:
+def test_unknown_quantizer_bad_channels_and_qualities_raise() -> None:
     with pytest.raises(ValueError, match="quantizer"):
         build_model("hexagonal")
     with pytest.raises(ValueError, match="multiple of 24"):
         build_model("leech", N=16, M=50)
+    with pytest.raises(ValueError, match="quality range"):
+        build_model("leech", N=16, M=24, qualities=(0, 8))
+    with pytest.raises(TypeError, match="mean_shift"):
+        build_model("scalar", N=16, M=24, mean_shift=False)
 
 
-def test_leech_step_starts_at_unit_density() -> None:
-    model = build_model("leech", N=16, M=24)
+def test_origin_anchored_leech_codes_exactly(image: torch.Tensor) -> None:
+    torch.manual_seed(4)
+    model = build_model("leech", N=16, M=48, mean_shift=False).eval()
     model.update(force=True)
-    assert math.isclose(float(model.coding_step), 2**-1.5, rel_tol=1e-6)
+    with torch.no_grad():
+        coded = model.compress(image, 5.0)
+        a = model.decompress_latents(coded["strings"], coded["shape"], 5.0)[0]
+        b = model.decompress_latents(coded["strings"], coded["shape"], 5.0)[0]
+    assert torch.equal(a, b)

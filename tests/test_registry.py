@@ -13,9 +13,11 @@ from safetensors.numpy import save_file
 from lsq.models import registry
 
 
-def fake_model(folder: Path, name: str, family: str, quality: int, **extra) -> None:
+def fake_model(folder: Path, name: str, family: str, qualities: list, default=None,
+               **extra) -> None:
     """A weights file with config metadata only: enough for listing and resolving."""
-    config = {"name": name, "family": family, "quality": quality, "N": 8, "M": 24, **extra}
+    config = {"name": name, "family": family, "qualities": qualities, "N": 8, "M": 24,
+              "default_quality": qualities[0] if default is None else default, **extra}
     save_file({"w": np.zeros(1, np.float32)}, str(folder / f"{name}.safetensors"),
               {"config": json.dumps(config)})
 
@@ -23,31 +25,44 @@ def fake_model(folder: Path, name: str, family: str, quality: int, **extra) -> N
 @pytest.fixture
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(registry.WEIGHTS_ENV, str(tmp_path))
-    for family, quality in [("leech", 3), ("scalar", 2), ("leech", 1), ("scalar", 1)]:
-        fake_model(tmp_path, f"{family}-q{quality}", family, quality)
-    (tmp_path / "registry.json").write_text(json.dumps({"default": "leech-q1"}))
+    fake_model(tmp_path, "leech", "leech", [1, 8], 4)
+    fake_model(tmp_path, "scalar-hi", "scalar", [5, 8])
+    fake_model(tmp_path, "scalar-lo", "scalar", [1, 4])
+    fake_model(tmp_path, "bsq-q4", "bsq", [4, 4])
+    (tmp_path / "registry.json").write_text(json.dumps({"default": "leech"}))
     return tmp_path
 
 
 def test_list_sorted_by_family_then_quality(folder: Path) -> None:
     names = [c["name"] for c in registry.list_models()]
-    assert names == ["scalar-q1", "scalar-q2", "leech-q1", "leech-q3"]
-    assert registry.default_name() == "leech-q1"
+    assert names == ["bsq-q4", "leech", "scalar-lo", "scalar-hi"]
+    assert registry.default_name() == "leech"
+    assert [registry.describe_qualities(c) for c in registry.list_models()] == [
+        "4", "1-8", "1-4", "5-8"]
 
 
 def test_resolve_rules(folder: Path) -> None:
-    assert registry.resolve()["name"] == "leech-q1"
-    assert registry.resolve(quality=3)["name"] == "leech-q3"  # default's family
-    assert registry.resolve("scalar-q2")["name"] == "scalar-q2"
-    assert registry.resolve("scalar", 1)["name"] == "scalar-q1"
-    assert registry.resolve("scalar")["name"] == "scalar-q2"  # highest quality
-    assert registry.resolve("leech")["name"] == "leech-q1"  # default within its family
-    with pytest.raises(registry.UnknownModelError, match="valid models: scalar-q1"):
-        registry.resolve("bsq")
-    with pytest.raises(registry.UnknownModelError, match="has 1, 3"):
-        registry.resolve("leech", 2)
-    with pytest.raises(registry.UnknownModelError, match="has quality 2, not 1"):
-        registry.resolve("scalar-q2", 1)
+    assert registry.resolve()["name"] == "leech"
+    assert registry.resolve(quality=3.5)["name"] == "leech"  # default's family
+    assert registry.resolve("scalar-lo")["name"] == "scalar-lo"
+    assert registry.resolve("scalar", 2.5)["name"] == "scalar-lo"
+    assert registry.resolve("scalar", 6)["name"] == "scalar-hi"
+    assert registry.resolve("scalar")["name"] == "scalar-hi"  # highest qualities
+    assert registry.resolve("bsq", 4)["name"] == "bsq-q4"
+    with pytest.raises(registry.UnknownModelError, match="valid models: bsq-q4"):
+        registry.resolve("spherical-leech")
+    with pytest.raises(registry.UnknownModelError, match="has 4"):
+        registry.resolve("bsq", 2)
+    with pytest.raises(registry.UnknownModelError, match="has qualities 1-4, not 5"):
+        registry.resolve("scalar-lo", 5)
+
+
+def test_pick_quality(folder: Path) -> None:
+    assert registry.pick_quality(registry.get_config("leech"), None) == 4.0
+    assert registry.pick_quality(registry.get_config("leech"), 7.5) == 7.5
+    assert registry.pick_quality(registry.get_config("bsq-q4"), None) == 4.0
+    with pytest.raises(registry.UnknownModelError, match="has qualities 5-8, not 4.5"):
+        registry.pick_quality(registry.get_config("scalar-hi"), 4.5)
 
 
 def test_no_default(folder: Path) -> None:
@@ -57,12 +72,12 @@ def test_no_default(folder: Path) -> None:
 
 
 def test_hash_is_sha256_prefix_and_verify(folder: Path) -> None:
-    path = folder / "scalar-q1.safetensors"
+    path = folder / "scalar-lo.safetensors"
     expected = hashlib.sha256(path.read_bytes()).digest()[:8]
-    assert registry.weights_hash("scalar-q1") == expected
-    registry.verify("scalar-q1", expected)
+    assert registry.weights_hash("scalar-lo") == expected
+    registry.verify("scalar-lo", expected)
     with pytest.raises(registry.ModelMismatchError, match="differ"):
-        registry.verify("scalar-q1", bytes(8))
+        registry.verify("scalar-lo", bytes(8))
     with pytest.raises(registry.ModelMismatchError, match="not installed"):
         registry.verify("../../etc/passwd", expected)
 
@@ -73,7 +88,8 @@ def test_hash_is_sha256_prefix_and_verify(folder: Path) -> None:
         (b"not safetensors", "cannot read weights"),
         ("no-config", "no valid JSON 'config'"),
         ("wrong-name", "differs from the file name"),
-        ("bad-family", "unknown family"),
+        ("bad-qualities", "qualities must be"),
+        ("bad-default", "default quality outside"),
     ],
 )
 def test_malformed_weights(folder: Path, content: bytes | str, message: str) -> None:
@@ -81,11 +97,13 @@ def test_malformed_weights(folder: Path, content: bytes | str, message: str) -> 
     if content == "no-config":
         save_file({"w": np.zeros(1, np.float32)}, str(path), {"other": "x"})
     elif content == "wrong-name":
-        fake_model(folder, "broken", "scalar", 1)
-        fake_model(folder, "tmp", "scalar", 1)
+        fake_model(folder, "broken", "scalar", [1, 1])
+        fake_model(folder, "tmp", "scalar", [1, 1])
         (folder / "tmp.safetensors").replace(path)
-    elif content == "bad-family":
-        fake_model(folder, "broken", "jpeg", 1)
+    elif content == "bad-qualities":
+        fake_model(folder, "broken", "scalar", [5, 2])
+    elif content == "bad-default":
+        fake_model(folder, "broken", "scalar", [1, 3], 4)
     else:
         path.write_bytes(content)
     with pytest.raises(registry.RegistryError, match=message):
@@ -99,6 +117,8 @@ def test_bad_registry_json(folder: Path) -> None:
 
 
 def test_weights_that_do_not_fit_their_config(folder: Path) -> None:
-    pytest.importorskip("lsq.models.hyperprior")
     with pytest.raises(registry.RegistryError, match="do not fit the model"):
-        registry.load("scalar-q1")
+        registry.load("scalar-lo")
+    fake_model(folder, "hexagonal", "hexagonal", [1, 8])
+    with pytest.raises(registry.RegistryError, match="unknown quantizer 'hexagonal'"):
+        registry.load("hexagonal")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from compressai.models import MeanScaleHyperprior
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -25,8 +25,8 @@ from lsq.models.shards import (
 TRAIN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 
 
-def tiny_model(quantizer: str, N: int, M: int) -> MeanScaleHyperprior:
-    return MeanScaleHyperprior(N, M)
+def tiny_model(cfg: dict) -> torch.nn.Module:
+    return tr.default_builder(cfg)
 
 
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -106,8 +106,9 @@ def test_crop_sampler_shapes_and_determinism():
 
 def tiny_config(out: Path, **kw) -> tr.TrainConfig:
     base = dict(
-        out=str(out), steps=12, N=8, M=24, batch=4, crop=64, lr=3e-3, lmbda=0.01,
-        log_every=4, val_every=0, device="cpu", ckpt_moments="float32", quality=1,
+        out=str(out), steps=12, N=8, M=24, batch=4, crop=64, lr=3e-3, quantizer="scalar",
+        quality_min=2, quality_max=5, log_every=4, val_every=0, device="cpu",
+        ckpt_moments="float32",
     )
     base.update(kw)
     return tr.TrainConfig(**base)
@@ -126,8 +127,10 @@ def test_loss_falls(data, tmp_path):
     assert [r["step"] for r in steps] == [10, 20, 30, 40]
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"]
     assert all(r["images_per_s"] > 0 and r["bpp"] > 0 for r in steps)
-    val = [r for r in log if "val_psnr" in r]
+    val = [r for r in log if "val_images" in r]
     assert len(val) == 1 and val[0]["val_images"] == len(data[1])
+    assert all(f"val_{k}_q{q}" in val[0] for k in ("bpp", "psnr", "cost") for q in (2, 3, 4, 5))
+    assert val[0]["val_bpp_q5"] > val[0]["val_bpp_q2"]  # the gains give different rates
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path):
@@ -150,7 +153,7 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
 
 def test_checkpoint_parts_and_compact_moments(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "CKPT_PART_BYTES", 100_000)
-    model = tiny_model("scalar", 8, 24)
+    model = tiny_model(dataclasses.asdict(tiny_config(tmp_path)))
     main, _ = tr.split_parameters(model)
     opt = torch.optim.Adam(main)
     model(torch.rand(1, 3, 64, 64))["x_hat"].mean().backward()
@@ -165,7 +168,8 @@ def test_checkpoint_parts_and_compact_moments(tmp_path, monkeypatch):
     assert all(torch.equal(v, back["model"][k]) for k, v in state["model"].items())
     key = min(back["optimizer"]["state"])
     assert back["optimizer"]["state"][key]["exp_avg"].dtype == torch.bfloat16
-    opt2 = torch.optim.Adam(tr.split_parameters(tiny_model("scalar", 8, 24))[0])
+    fresh = tiny_model(dataclasses.asdict(tiny_config(tmp_path)))
+    opt2 = torch.optim.Adam(tr.split_parameters(fresh)[0])
     opt2.load_state_dict(back["optimizer"])
     restored = opt2.state_dict()["state"][key]["exp_avg_sq"]
     assert restored.dtype == torch.float32
@@ -179,7 +183,7 @@ def test_checkpoint_parts_and_compact_moments(tmp_path, monkeypatch):
 def test_export_reloads_with_identical_outputs(data, tmp_path):
     tr.train(tiny_config(tmp_path, steps=6), tiny_model, data)
     ckpt = tr.load_checkpoint(tmp_path)
-    trained = tiny_model("scalar", 8, 24)
+    trained = tiny_model(ckpt["config"])
     trained.load_state_dict(ckpt["model"])
     trained.update(force=True)
     trained.eval()
@@ -190,34 +194,36 @@ def test_export_reloads_with_identical_outputs(data, tmp_path):
     with safe_open(str(exact), "pt") as f:
         meta = json.loads(f.metadata()["config"])
     assert set(tr.EXPORT_META_KEYS) <= set(meta)
-    assert meta["name"] == "t" and meta["steps"] == 6 and meta["N"] == 8 and meta["quality"] == 1
-    fresh = tiny_model("scalar", 8, 24)
+    assert meta["name"] == "t" and meta["steps"] == 6 and meta["N"] == 8
+    assert meta["qualities"] == [2, 5] and meta["default_quality"] == 2
+    fresh = tiny_model(ckpt["config"])
     fresh.load_state_dict(load_file(str(exact)))
     fresh.eval()
     with torch.no_grad():
-        assert torch.equal(fresh(x)["x_hat"], trained(x)["x_hat"])
-    assert fresh.compress(x)["strings"] == trained.compress(x)["strings"]
+        assert torch.equal(fresh(x, 3.5)["x_hat"], trained(x, 3.5)["x_hat"])
+    assert fresh.compress(x, 3.5)["strings"] == trained.compress(x, 3.5)["strings"]
 
-    half = tiny_model("scalar", 8, 24)
+    half = tiny_model(ckpt["config"])
     sd = load_file(str(tmp_path / tr.EXPORT_NAME))  # the one train() wrote, fp16 where safe
     assert sd["g_s.0.weight"].dtype == torch.float16
     assert torch.equal(sd["entropy_bottleneck._quantized_cdf"],
                        trained.state_dict()["entropy_bottleneck._quantized_cdf"])
     half.load_state_dict(sd)
     half.eval()
-    enc = half.compress(x)
-    dec = half.decompress(enc["strings"], enc["shape"])["x_hat"]
+    enc = half.compress(x, 2)
+    dec = half.decompress(enc["strings"], enc["shape"], 2)["x_hat"]
     with torch.no_grad():
-        torch.testing.assert_close(dec, half(x)["x_hat"].clamp(0, 1), atol=0.05, rtol=0)
-        torch.testing.assert_close(half(x)["x_hat"], trained(x)["x_hat"], atol=0.02, rtol=0)
+        torch.testing.assert_close(dec, half(x, 2.0)["x_hat"].clamp(0, 1), atol=0.05, rtol=0)
+        torch.testing.assert_close(half(x, 2.0)["x_hat"], trained(x, 2.0)["x_hat"], atol=0.02,
+                                   rtol=0)
 
 
 def test_command_line_parsing():
-    cfg = tr.parse_args(["--quantizer", "leech", "--lmbda", "0.0067", "--steps", "10",
+    cfg = tr.parse_args(["--quantizer", "leech", "--quality-min", "3", "--steps", "10",
                          "--out", "o", "--images", "a", "b", "--N", "64", "--no-resume",
-                         "--max-minutes", "25", "--bf16"])
-    assert (cfg.quantizer, cfg.lmbda, cfg.steps, cfg.images, cfg.N, cfg.M) == (
-        "leech", 0.0067, 10, ["a", "b"], 64, 192)
+                         "--max-minutes", "25", "--bf16", "--origin"])
+    assert (cfg.quantizer, cfg.quality_min, cfg.quality_max, cfg.steps, cfg.images, cfg.N,
+            cfg.M, cfg.origin) == ("leech", 3, 8, 10, ["a", "b"], 64, 192, True)
     assert cfg.resume is False and cfg.bf16 is True and cfg.max_minutes == 25.0
     assert cfg.data is None and tr.parse_args([]).images == []
 
@@ -237,9 +243,9 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
     res = runner.invoke(train_cmd, [
         "--quantizer", "scalar", "--data", str(shards), "--out", str(out), "--steps", "2",
         "--N", "8", "--M", "24", "--batch", "2", "--crop", "64", "--log-every", "1",
-        "--device", "cpu", "--quality", "3", "--name", "tiny"])
+        "--device", "cpu", "--quality-min", "3", "--quality-max", "3", "--name", "tiny"])
     assert res.exit_code == 0, res.output
     with safe_open(str(out / tr.EXPORT_NAME), "pt") as f:
         meta = json.loads(f.metadata()["config"])
-    assert (meta["name"], meta["family"], meta["quality"]) == ("tiny", "scalar", 3)
+    assert (meta["name"], meta["family"], meta["qualities"]) == ("tiny", "scalar", [3, 3])
     assert meta["steps"] == 2 and meta["data"].startswith(f"shards {shards}")

@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lsq.codec import leech, tables
+from lsq.codec import tables
 from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
 from lsq.codec.lattice_prior import leech_log_prob, leech_log_prob_centred
-from lsq.codec.quantizers import (
-    BLOCK,
-    LEECH_UNIT_STEP,
-    from_blocks,
-    leech_cell_noise,
-    straight_through,
-    to_blocks,
-)
+from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, LeechQuantizer, from_blocks, to_blocks
 from lsq.models.latent_codecs.base import SCALE_BOUND, LatentCodec, as_numpy, spread
 
 
@@ -54,17 +47,13 @@ class LeechLatentCodec(LatentCodec):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scales, means = (to_blocks(p) for p in params.chunk(2, 1))
         anchor = means if self.mean_shift else torch.zeros_like(means)
-        v = (to_blocks(y) - anchor) / LEECH_UNIT_STEP
-        hard = straight_through(v, leech.nearest(v.detach()).to(v.dtype))
+        p = LeechQuantizer().proxy(to_blocks(y) - anchor, LEECH_UNIT_STEP, self.training_proxy())
         sigma = scales.clamp(min=SCALE_BOUND) / LEECH_UNIT_STEP
         if self.mean_shift:
-            log_p = leech_log_prob_centred(hard, sigma)
+            log_p = leech_log_prob_centred(p.rate_input, sigma)
         else:
-            log_p = leech_log_prob(hard, means / LEECH_UNIT_STEP, sigma)
-        recon = hard
-        if self.training_proxy() == "noise":
-            recon = v + leech_cell_noise(v.shape, v.device, v.dtype)
-        return from_blocks(recon * LEECH_UNIT_STEP + anchor), {"y": spread(log_p)}
+            log_p = leech_log_prob(p.rate_input, means / LEECH_UNIT_STEP, sigma)
+        return from_blocks(p.recon + anchor), {"y": spread(log_p)}
 
     def coding_parameters(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """What ``LeechCoder`` codes the blocks under, from integer-exact hyper outputs
@@ -83,13 +72,13 @@ class LeechLatentCodec(LatentCodec):
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        coder = LeechCoder()
+        coder, quantizer = LeechCoder(), LeechQuantizer()
         s, mq = self.coding_parameters(params)
-        anchor = self.anchor(params)
+        anchor, step = self.anchor(params), torch.tensor(LEECH_UNIT_STEP, dtype=torch.float64)
         if enc is not None:
-            points = leech.nearest((_blocks(y) - anchor) / LEECH_UNIT_STEP).numpy()
+            points = quantizer.symbols(_blocks(y) - anchor, step).numpy()
             coder.encode(enc, points, s, mq)
         else:
             points = coder.decode(dec, s, mq)
-        recon = torch.from_numpy(points).to(torch.float64) * LEECH_UNIT_STEP + anchor
+        recon = quantizer.reconstruct(torch.from_numpy(points), step) + anchor
         return _unblocks(recon, torch.Size((self.M, *params.shape[1:])))

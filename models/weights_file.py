@@ -1,0 +1,80 @@
+"""The weights file format: one safetensors file per model, its config embedded.
+
+The file's metadata holds one key, "config": a JSON object with at least REQUIRED_KEYS
+(name, family, qualities [low, high], default_quality, N, M), optionally codec_options,
+and how the weights were trained (steps, images_seen, batch, crop, data, gpu_time,
+command). Large float tensors are stored as fp16 where fp16 holds them, the rest (biases,
+entropy-coder tables, integer buffers) exactly. Training writes these files and the registry
+reads them; nothing here unpickles, so loading never runs code from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors import SafetensorError, safe_open
+
+if TYPE_CHECKING:  # torch loads only with tensors: reading a config stays fast
+    import torch
+
+REQUIRED_KEYS = ("name", "family", "qualities", "default_quality", "N", "M")
+
+
+class WeightsFileError(ValueError):
+    """A file that is not a readable weights file with a valid config."""
+
+
+def _fp16_safe(t: torch.Tensor) -> bool:
+    """Big float tensors whose values fp16 holds; small ones stay fp32."""
+    if not t.is_floating_point() or t.numel() < 1024:
+        return False
+    return bool(t.abs().max() < 6e4)
+
+
+def save(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict,
+         half: bool = True) -> Path:
+    """Write a state dict and its config atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"weights config lacks {missing}")
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        tensors[k] = (v.half() if half and _fp16_safe(v) else v).contiguous().clone()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(config)})
+    os.replace(tmp, out)
+    return out
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The embedded config, checked for REQUIRED_KEYS."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise WeightsFileError(f"cannot read weights {path}: {e}") from None
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError):
+        raise WeightsFileError(f"{path}: metadata has no valid JSON 'config'") from None
+    if not isinstance(config, dict) or any(k not in config for k in REQUIRED_KEYS):
+        raise WeightsFileError(f"{path}: config lacks one of {', '.join(REQUIRED_KEYS)}")
+    return config
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors, floats cast to float32."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: (t.float() if t.is_floating_point() else t)
+                    for k in f.keys() for t in (f.get_tensor(k),)}
+    except (SafetensorError, OSError) as e:
+        raise WeightsFileError(f"cannot read weights {path}: {e}") from None
