@@ -194,9 +194,9 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
     calls: list[tuple[str, str]] = []
     registry = types.ModuleType("lsq.models.registry")
     registry.list_models = lambda: [  # type: ignore[attr-defined]
-        {"name": "leech-q6", "family": "leech", "quality": 6, "lmbda": 0.05},
-        {"name": "scalar-q1", "family": "scalar", "quality": 1, "lmbda": 0.01},
-        {"name": "leech-q2", "family": "leech", "quality": 2, "lmbda": 0.002},
+        {"name": "leech-hi", "family": "leech", "qualities": [6, 7]},
+        {"name": "scalar-q1", "family": "scalar", "qualities": [1, 1]},
+        {"name": "leech-lo", "family": "leech", "qualities": [2, 3]},
     ]
     image_codec = types.ModuleType("lsq.models.image_codec")
 
@@ -214,11 +214,11 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "lsq.models.image_codec", image_codec)
 
     (codec,) = rd.resolve_codecs(["lsq:leech"])
-    assert codec.name == "lsq-leech" and codec.available() and codec.qualities == (2, 6)
+    assert codec.name == "lsq-leech" and codec.available() and codec.qualities == (2, 3, 6, 7)
     rgb = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
-    assert codec.encode(rgb, 2).startswith(b"leech-q2|")
+    assert codec.encode(rgb, 3).startswith(b"leech-lo|")
     np.testing.assert_array_equal(codec.decode(codec.encode(rgb, 6)), rgb)
-    assert calls == [("enc", "leech-q2@2"), ("enc", "leech-q6@6"), ("dec", "cpu")]
+    assert calls == [("enc", "leech-lo@3"), ("enc", "leech-hi@6"), ("dec", "cpu")]
     (single,) = rd.resolve_codecs(["lsq:scalar-q1"])
     assert single.qualities == (1,)
     missing = rd.LsqCodec("nope")
