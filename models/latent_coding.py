@@ -1,13 +1,12 @@
-"""Bit-exact coding of a model's latents: integer hyper-decoder, then table-driven coders.
+"""The bit-exact hyper path: z coded under the bottleneck's stored CDFs, then h_s as an
+integer network.
 
 The decoder must rebuild the encoder's probability models exactly, on any machine. So
 h_s runs as an integer network (Ballé et al. 2019 in spirit): weights and activations
 are fixed-point integers held in float64, every partial sum is an integer below 2**53,
-hence exact whatever the summation order, BLAS or device. Its outputs are then quantized
-to table indices with comparisons and correctly rounded float64 operations only.
-Leech points are coded under the exact lattice prior (``LeechCoder``); spherical-Leech
-directions under the exact first-shell prior (``ShellCoder``), which gives no probability
-to the lattice points off the shell, then their gains.
+hence exact whatever the summation order, BLAS or device. The latent codecs
+(``lsq.models.latent_codecs``) then quantize its outputs to table indices with comparisons
+and correctly rounded float64 operations only.
 """
 
 from __future__ import annotations
@@ -48,19 +47,24 @@ def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tenso
     return a / 2**ACTIVATION_BITS
 
 
+def _medians(eb: nn.Module) -> torch.Tensor:
+    """(C, 1, 1) medians of an EntropyBottleneck (or ``BottleneckTables``): z's centres."""
+    return eb.quantiles[:, 0, 1].detach().reshape(-1, 1, 1)
+
+
 def bottleneck_tables(eb: nn.Module) -> tables.Tables:
     """CompressAI's stored quantized CDFs as coding rows (last symbol = its overflow bin)."""
-    cdf = eb._quantized_cdf.cpu().numpy().astype(np.int64)
-    length = eb._cdf_length.cpu().numpy().astype(np.int64) - 1
+    cdf = eb.quantized_cdf.cpu().numpy().astype(np.int64)
+    length = eb.cdf_length.cpu().numpy().astype(np.int64) - 1
     rows = [np.diff(cdf[c, : length[c] + 1]) / 2.0**16 for c in range(len(cdf))]
     start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
     return tables.Tables(np.concatenate(rows), start, length,
-                         eb._offset.cpu().numpy().astype(np.int64))
+                         eb.offset.cpu().numpy().astype(np.int64))
 
 
 def encode_z(eb: nn.Module, z: torch.Tensor) -> tuple[bytes, torch.Tensor]:
     """(bytes, z_hat) for one latent (C, h, w)."""
-    medians = eb._get_medians().detach().reshape(-1, 1, 1)
+    medians = _medians(eb)
     symbols = torch.round(z - medians)
     enc = Encoder()
     rows = np.repeat(np.arange(z.shape[0]), z.shape[1] * z.shape[2])
@@ -74,5 +78,5 @@ def decode_z(eb: nn.Module, data: bytes, shape: tuple[int, int, int],
     c, h, w = shape
     rows = np.repeat(np.arange(c), h * w)
     symbols = Decoder(data).table_offsets(rows, bottleneck_tables(eb))
-    medians = eb._get_medians().detach().reshape(-1, 1, 1)
+    medians = _medians(eb)
     return torch.from_numpy(symbols).to(device, medians.dtype).reshape(c, h, w) + medians
