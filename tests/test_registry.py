@@ -99,6 +99,5 @@ def test_bad_registry_json(folder: Path) -> None:
 
 
 def test_weights_that_do_not_fit_their_config(folder: Path) -> None:
-    pytest.importorskip("lsq.models.hyperprior")
     with pytest.raises(registry.RegistryError, match="do not fit the model"):
         registry.load("scalar-q1")
