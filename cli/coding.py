@@ -312,8 +312,9 @@ def decode(
     jobs = plan(inputs, output, "." + ext.lstrip("."))
     if reference is not None and len(jobs) > 1:
         raise click.ClickException("--reference needs a single input")
-    if len(jobs) > 1:
+    if is_folder_output(inputs, output):
         output_format(jobs[0][1])  # all share one extension: an unknown one fails up front
+    if len(jobs) > 1:
         from lsq.models.image_codec import check_device
 
         check_device(device)
