@@ -159,6 +159,7 @@ def run_all(jobs: list[tuple[str, str]], work, quiet: bool) -> None:
     progress = Progress("file", quiet)
     failed, internal = [], False
     try:
+        progress.step(0, len(jobs))  # the bar shows from the start of the first file
         for done, (src, dst) in enumerate(jobs, 1):
             try:
                 lines = work(src, dst, None)
