@@ -1,26 +1,27 @@
 """Thin click commands around `lsq.models.image_codec`: encode, decode, info, models.
 
 Heavy modules (torch, the models) are imported inside the commands so that `lsq --help`
-and `lsq info` stay fast. Outputs are written atomically: a temporary file in the target
-folder, fsync, then a rename; an existing file is never clobbered without --force and never
+and `lsq info` stay fast. `encode` and `decode` take several inputs in one process (one
+model load) when -o names a folder. Outputs are written atomically by
+`lsq.fileio.write_atomic`; an existing file is never clobbered without --force and never
 lost when writing fails.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import click
 
+from lsq.cli.main import INTERNAL_ERROR, CodecClickException, to_click_exception
 from lsq.codec.bitstream import DEFAULT_MAX_PIXELS
+from lsq.fileio import write_atomic
 
 STDIO = "-"
 
@@ -56,7 +57,7 @@ def check_output(path: str, force: bool) -> None:
 
 
 def write_output(path: str, data: bytes, force: bool) -> None:
-    """Write atomically (temp file, fsync, rename); '-' writes to stdout."""
+    """Write atomically (lsq.fileio.write_atomic); '-' writes to stdout."""
     if path == STDIO:
         # Unbuffered, so a failed write (full disk, closed pipe) leaves nothing to retry at exit.
         sys.stdout.flush()
@@ -64,58 +65,121 @@ def write_output(path: str, data: bytes, force: bool) -> None:
         while view:
             view = view[os.write(sys.stdout.fileno(), view) :]
         return
-    target = Path(path)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if force:
-            os.replace(tmp, target)
-        else:
-            _link_no_clobber(tmp, target)
-    except OSError as e:  # name the user's path, not the temporary file
-        raise OSError(e.errno, e.strerror or str(e), path) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    _fsync_dir(target.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _link_no_clobber(tmp: str, target: Path) -> None:
-    """Publish tmp as target only if target does not exist, atomically where links work."""
-    try:
-        os.link(tmp, target)
+        write_atomic(path, data, overwrite=force)
     except FileExistsError:
-        raise OutputExistsError(str(target)) from None
-    except OSError:  # file systems without hard links: check, then rename
-        if os.path.lexists(target):
-            raise OutputExistsError(str(target)) from None
-        os.replace(tmp, target)
+        raise OutputExistsError(path) from None
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; some platforms cannot open folders, which is harmless."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
+def is_folder_output(inputs: tuple[str, ...], output: str) -> bool:
+    """Several inputs, or -o naming a folder (existing, or ending in a slash)."""
+    return len(inputs) > 1 or output.endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def plan(inputs: tuple[str, ...], output: str, suffix: str) -> list[tuple[str, str]]:
+    """(input, output) pairs: -o itself for one input, else FOLDER/<input stem><suffix>.
+
+    Refuses, before any work, stdin among several inputs, stdout for several outputs and
+    two inputs that would be written to the same file. The caller makes the folder.
+    """
+    if not is_folder_output(inputs, output):
+        return [(inputs[0], output)]
+    if output == STDIO:
+        raise click.ClickException("-o - takes a single input")
+    if STDIO in inputs:
+        raise click.ClickException("stdin (-) needs -o FILE or -o -, not a folder")
+    folder = Path(output)
+    if not folder.is_dir():
+        if os.path.lexists(folder):
+            raise click.ClickException(f"{output}: not a folder (several inputs need -o FOLDER/)")
+        if not folder.parent.is_dir():
+            raise click.ClickException(f"{output}: folder {folder.parent} does not exist")
+    jobs, seen = [], {}
+    for src in inputs:
+        dst = str(folder / (Path(src).stem + suffix))
+        if dst in seen:
+            raise click.ClickException(f"{seen[dst]} and {src} would both be written to {dst}")
+        seen[dst] = src
+        jobs.append((src, dst))
+    return jobs
+
+
+class Progress:
+    """A progress bar on stderr when it is a terminal, and the lines printed around it.
+
+    The bar (tqdm, imported only then) appears once there are two steps or more; otherwise,
+    and off a terminal, only the per-file lines are printed.
+    """
+
+    def __init__(self, unit: str, quiet: bool) -> None:
+        self.unit = unit
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+
+    def step(self, done: int, total: int) -> None:
+        """`done` of `total` steps are complete."""
+        if not self.enabled or total < 2:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def echo(self, message: str, err: bool = False) -> None:
+        """One line on stdout (stderr with err), written above the bar if there is one."""
+        if self.bar is None:
+            click.echo(message, err=err)
+        else:
+            self.bar.write(message, file=sys.stderr if err else sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run_all(jobs: list[tuple[str, str]], work, quiet: bool) -> None:
+    """Run work(src, dst, on_tile) -> lines for every job and print its lines.
+
+    One job: its error propagates as is (one line). Several: a progress bar on a terminal,
+    each failure named on stderr while the others go on, then a non-zero exit (70 if any
+    failure was an internal error) once all were tried.
+    """
+    err = jobs[-1][1] == STDIO  # our lines must not mix with data on stdout
+    if len(jobs) == 1:
+        progress = Progress("tile", quiet)
+        try:
+            lines = work(*jobs[0], progress.step)
+        finally:
+            progress.close()
+        for line in [] if quiet else lines:
+            click.echo(line, err=err)
         return
+    progress = Progress("file", quiet)
+    failed, internal = [], False
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        progress.step(0, len(jobs))  # the bar shows from the start of the first file
+        for done, (src, dst) in enumerate(jobs, 1):
+            try:
+                lines = work(src, dst, None)
+            except Exception as e:
+                error = to_click_exception(e)
+                message = error.format_message() if isinstance(error, click.ClickException) \
+                    else "broken pipe"
+                internal |= getattr(error, "exit_code", 1) == INTERNAL_ERROR
+                failed.append(src)
+                name = "" if message.startswith(f"{src}:") else f"{src}: "
+                progress.echo(f"Error: {name}{message}", err=True)
+            else:
+                for line in [] if quiet else lines:
+                    progress.echo(line)
+            progress.step(done, len(jobs))
     finally:
-        os.close(fd)
+        progress.close()
+    if failed:
+        code = INTERNAL_ERROR if internal else 1
+        raise CodecClickException(f"{len(failed)} of {len(jobs)} files failed", code)
 
 
 def _open_image(path: str, data: bytes):
@@ -133,22 +197,19 @@ def _open_image(path: str, data: bytes):
         raise click.ClickException(f"{path}: cannot read image ({e})") from None
 
 
-def _say(message: str, to_stderr: bool) -> None:
-    click.echo(message, err=to_stderr)
-
-
 @click.command()
-@click.argument("input_path", metavar="IN")
-@click.option("-o", "--output", required=True, help="Output .lsq file, or - for stdout.")
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output", required=True,
+              help="Output .lsq file, - for stdout, or a folder (FOLDER/) for IN.lsq files.")
 @click.option("--model", default=None, help="Model name or family (see `lsq models`).")
 @click.option("--quality", type=click.FloatRange(1, 8), default=None,
               help="1 (smallest files) to 8 (best quality), fractions allowed; "
                    "default: the model's own (about 0.5 bpp for the default model).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 def encode(
-    input_path: str,
+    inputs: tuple[str, ...],
     output: str,
     model: str | None,
     quality: float | None,
@@ -156,33 +217,43 @@ def encode(
     force: bool,
     quiet: bool,
 ) -> None:
-    """Encode image IN (any format Pillow reads; - for stdin) to an .lsq file."""
+    """Encode images (any format Pillow reads; - for stdin) to .lsq files.
+
+    Several inputs, or -o naming a folder, write FOLDER/<name>.lsq for each; a failed file
+    is named and the others are still written.
+    """
     from lsq.models import registry
 
-    check_output(output, force)
+    jobs = plan(inputs, output, ".lsq")
     if output == STDIO and sys.stdout.isatty():
         raise click.ClickException("refusing to write binary data to a terminal")
-    img = _open_image(input_path, read_input(input_path))
     registry.pick_quality(registry.resolve(model, quality), quality)  # fail before torch loads
+    if len(jobs) > 1:  # once, rather than once per file
+        from lsq.models.image_codec import check_device
 
-    from lsq.models.image_codec import ImageCodecError, encode_image_report
+        check_device(device)
 
-    start = time.perf_counter()
-    try:
-        stream, report = encode_image_report(img, model, quality, device)
-    except ImageCodecError as e:
-        raise click.ClickException(f"{input_path}: {e}") from None
-    elapsed = time.perf_counter() - start
-    write_output(output, stream, force)
-    if not quiet:
-        err = output == STDIO
-        _say(
-            f"{output}: {report.nbytes} bytes, {report.bpp:.4f} bpp, {report.width}x"
-            f"{report.height} {report.mode}, model {report.model}, {elapsed:.2f} s",
-            err,
-        )
-        for note in report.notes:
-            _say(f"note: {note}", err)
+    def work(src: str, dst: str, on_tile) -> list[str]:
+        check_output(dst, force)
+        img = _open_image(src, read_input(src))
+
+        from lsq.models.image_codec import ImageCodecError, encode_image_report
+
+        start = time.perf_counter()
+        try:
+            stream, report = encode_image_report(img, model, quality, device, on_tile=on_tile)
+        except ImageCodecError as e:
+            raise click.ClickException(f"{src}: {e}") from None
+        elapsed = time.perf_counter() - start
+        write_output(dst, stream, force)
+        line = (f"{dst}: {report.nbytes} bytes, {report.bpp:.4f} bpp, {report.width}x"
+                f"{report.height} {report.mode}, model {report.model} at quality "
+                f"{report.quality:g}, {elapsed:.2f} s")
+        return [line] + [f"note: {note}" for note in report.notes]
+
+    if is_folder_output(inputs, output):
+        Path(output).mkdir(exist_ok=True)
+    run_all(jobs, work, quiet)
 
 
 def output_format(path: str) -> str:
@@ -216,43 +287,63 @@ def _save_as(img, fmt: str) -> tuple[bytes, list[str]]:
 
 
 @click.command()
-@click.argument("input_path", metavar="IN")
-@click.option("-o", "--output", required=True, help="Output image (format from extension).")
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output", required=True,
+              help="Output image (format from extension), - for stdout, or a folder (FOLDER/).")
+@click.option("--format", "ext", default="png", show_default=True,
+              help="Extension of the images written into a folder.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse larger images (guards against crafted files).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Original image: also print the PSNR (8-bit RGB) of the decoded one.")
+              help="Original image (one input only): also print the PSNR of the decoded one.")
 def decode(
-    input_path: str, output: str, device: str, max_pixels: int, force: bool, quiet: bool,
-    reference: str | None,
+    inputs: tuple[str, ...], output: str, ext: str, device: str, max_pixels: int, force: bool,
+    quiet: bool, reference: str | None,
 ) -> None:
-    """Decode IN.lsq (- for stdin) to an image; - writes PNG to stdout."""
+    """Decode .lsq files (- for stdin) to images; - writes PNG to stdout.
+
+    Several inputs, or -o naming a folder, write FOLDER/<name>.<format> for each; a failed
+    file is named and the others are still written.
+    """
     from lsq.codec.bitstream import unpack
     from lsq.models import registry
 
-    check_output(output, force)
-    fmt = output_format(output)
-    data = read_input(input_path)
-    header, _ = unpack(data)  # corrupt, foreign or unknown-model files fail before torch loads
-    registry.verify(header.model, header.weights_hash)
+    jobs = plan(inputs, output, "." + ext.lstrip("."))
+    if reference is not None and len(jobs) > 1:
+        raise click.ClickException("--reference needs a single input")
+    if is_folder_output(inputs, output):
+        output_format(jobs[0][1])  # all share one extension: an unknown one fails up front
+    if len(jobs) > 1:
+        from lsq.models.image_codec import check_device
 
-    from lsq.models.image_codec import decode_image
+        check_device(device)
 
-    start = time.perf_counter()
-    img = decode_image(data, device, max_pixels)
-    elapsed = time.perf_counter() - start
-    encoded, notes = _save_as(img, fmt)
-    write_output(output, encoded, force)
-    if not quiet:
-        err = output == STDIO
-        _say(f"{output}: {img.width}x{img.height} {img.mode}, {elapsed:.2f} s", err)
-        for note in notes:
-            _say(f"note: {note}", err)
-    if reference is not None:
-        _say(f"PSNR {_psnr_against(reference, img):.2f} dB (RGB, 8-bit)", output == STDIO)
+    def work(src: str, dst: str, on_tile) -> list[str]:
+        check_output(dst, force)
+        fmt = output_format(dst)
+        data = read_input(src)
+        header, _ = unpack(data)  # corrupt, foreign or unknown-model files fail before torch
+        registry.verify(header.model, header.weights_hash)
+
+        from lsq.models.image_codec import decode_image
+
+        start = time.perf_counter()
+        img = decode_image(data, device, max_pixels, on_tile=on_tile)
+        elapsed = time.perf_counter() - start
+        encoded, notes = _save_as(img, fmt)
+        write_output(dst, encoded, force)
+        lines = [f"{dst}: {img.width}x{img.height} {img.mode}, {elapsed:.2f} s"]
+        lines += [f"note: {note}" for note in notes]
+        if reference is not None:
+            lines.append(f"PSNR {_psnr_against(reference, img):.2f} dB (RGB, 8-bit)")
+        return lines
+
+    if is_folder_output(inputs, output):
+        Path(output).mkdir(exist_ok=True)
+    run_all(jobs, work, quiet)
 
 
 def _psnr_against(reference: str, img) -> float:
@@ -277,12 +368,12 @@ def _psnr_against(reference: str, img) -> float:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(input_path: str, as_json: bool) -> None:
     """Print the header of an .lsq file (no model needed)."""
-    from lsq.codec.bitstream import VERSION, unpack
+    from lsq.codec.bitstream import MAGIC, unpack
 
     data = read_input(input_path)
     header, _ = unpack(data)
     fields = {
-        "version": VERSION,
+        "version": data[len(MAGIC)],  # the stream's own format version byte
         "model": header.model,
         "weights_hash": header.weights_hash.hex(),
         "width": header.width,

@@ -12,7 +12,6 @@ import importlib
 import os
 import sys
 import warnings
-from importlib.util import find_spec
 
 import click
 
@@ -58,60 +57,91 @@ def describe_os_error(e: OSError) -> str:
     return f"{e.filename}: {reason}" if e.filename else reason
 
 
-# Command name -> (module, attribute). Modules are imported only when their command runs,
-# so `lsq --help` stays fast and a missing optional module only hides its commands.
+# Command name -> (module, attribute, one-line help). Modules are imported only when their
+# command runs, so `lsq --help` lists them from this table without loading torch
+# (tests/test_cli.py checks that each line matches its command's own help).
 COMMANDS = {
-    "encode": ("lsq.cli.coding", "encode"),
-    "decode": ("lsq.cli.coding", "decode"),
-    "info": ("lsq.cli.coding", "info"),
-    "models": ("lsq.cli.coding", "models"),
-    "eval": ("lsq.cli.evaluate", "eval"),
-    "plot": ("lsq.cli.evaluate", "plot"),
-    "bdrate": ("lsq.cli.evaluate", "bdrate"),
-    "train": ("lsq.cli.train", "train"),
-    "pack-shards": ("lsq.cli.train", "pack_shards"),
+    "encode": ("lsq.cli.coding", "encode",
+               "Encode images (any format Pillow reads; - for stdin) to .lsq files."),
+    "decode": ("lsq.cli.coding", "decode",
+               "Decode .lsq files (- for stdin) to images; - writes PNG to stdout."),
+    "info": ("lsq.cli.coding", "info", "Print the header of an .lsq file (no model needed)."),
+    "models": ("lsq.cli.coding", "models", "List the shipped models; * marks the default."),
+    "eval": ("lsq.cli.evaluate", "eval",
+             "Measure rate-distortion of codecs on a dataset; resumes from OUT/.cache."),
+    "plot": ("lsq.cli.evaluate", "plot",
+             "Plot PSNR and MS-SSIM(dB) against bpp; writes OUTPUT and OUTPUT with .svg."),
+    "bdrate": ("lsq.cli.evaluate", "bdrate",
+               "Print a Markdown BD-rate table of every curve against ANCHOR."),
+    "train": ("lsq.cli.train", "train",
+              "Train one model; resumes from OUT's checkpoint and exports OUT/final.safetensors."),
+    "pack-shards": ("lsq.cli.train", "pack_shards",
+                    "Pack the images under SRC folders into shards for the GPU machine."),
 }
+
+
+def to_click_exception(e: Exception) -> click.ClickException | click.exceptions.Exit:
+    """The one-line error (exit 1) or internal error (exit 70) that stands for `e`.
+
+    With LSQ_DEBUG set, an internal error is re-raised so that its traceback shows.
+    """
+    if isinstance(e, click.ClickException):
+        return e
+    if isinstance(e, OSError) and e.errno == errno.EPIPE:
+        _silence_stdout()
+        return click.exceptions.Exit(1)
+    if isinstance(e, _expected_errors()):
+        return CodecClickException(str(e))
+    if isinstance(e, OSError):
+        _silence_stdout()
+        return CodecClickException(describe_os_error(e))
+    if os.environ.get("LSQ_DEBUG"):
+        raise e
+    return CodecClickException(f"internal error: {type(e).__name__}: {e}", INTERNAL_ERROR)
 
 
 class LsqGroup(click.Group):
     """Lazily loads commands and converts any exception into a single line and exit code."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name, (module, _) in COMMANDS.items() if find_spec(module)]
+        return list(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, _, help_) in COMMANDS.items()])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command, imported now; a module that fails to load is an internal error."""
         if cmd_name not in COMMANDS:
             return None
-        module_name, attr = COMMANDS[cmd_name]
+        module_name, attr, _ = COMMANDS[cmd_name]
         try:
-            command = getattr(importlib.import_module(module_name), attr, None)
-        except ImportError:
-            return None
-        return command if isinstance(command, click.Command) else None
+            command = getattr(importlib.import_module(module_name), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{module_name}.{attr} is not a click command")
+        except Exception as e:
+            if os.environ.get("LSQ_DEBUG"):
+                raise
+            raise CodecClickException(
+                f"internal error: command {cmd_name!r} cannot be loaded: {type(e).__name__}: {e}",
+                INTERNAL_ERROR,
+            ) from None
+        return command
 
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)
             _flush_stdout()  # a full disk or closed pipe on stdout is an error of this command
             return result
+        except click.UsageError as e:
+            e.ctx = None  # one line: no usage block, no hint
+            raise
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
             raise CodecClickException("interrupted", 130) from None
         except Exception as e:
-            if isinstance(e, OSError) and e.errno == errno.EPIPE:
-                _silence_stdout()
-                raise click.exceptions.Exit(1) from None
-            if isinstance(e, _expected_errors()):
-                raise CodecClickException(str(e)) from None
-            if isinstance(e, OSError):
-                _silence_stdout()
-                raise CodecClickException(describe_os_error(e)) from None
-            if os.environ.get("LSQ_DEBUG"):
-                raise
-            raise CodecClickException(
-                f"internal error: {type(e).__name__}: {e}", INTERNAL_ERROR
-            ) from None
+            raise to_click_exception(e) from None
 
 
 def _flush_stdout() -> None:

@@ -69,12 +69,16 @@ class Encoder:
         return self.coder.get_compressed().tobytes()
 
 
+class CorruptStreamError(ValueError):
+    """The coded bytes are not a valid section: damaged or crafted data, not a bug of lsq."""
+
+
 class Decoder:
-    """Mirror of :class:`Encoder`; every method raises ``ValueError`` on bad data."""
+    """Mirror of :class:`Encoder`; every method raises ``CorruptStreamError`` on bad data."""
 
     def __init__(self, data: bytes) -> None:
         if len(data) % 4:
-            raise ValueError("coded section length is not a multiple of 4")
+            raise CorruptStreamError("coded section length is not a multiple of 4")
         self.coder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, np.uint32).copy())
 
     def _decode(self, *args) -> np.ndarray:
@@ -82,7 +86,7 @@ class Decoder:
         try:
             return self.coder.decode(*args)
         except (AssertionError, RuntimeError, ValueError) as e:
-            raise ValueError(f"corrupt coded section ({e})") from e
+            raise CorruptStreamError(f"corrupt coded section ({e})") from e
 
     def categorical(self, probs: np.ndarray) -> np.ndarray:
         if not len(probs):

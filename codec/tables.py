@@ -150,6 +150,10 @@ def shell_powers() -> np.ndarray:
 
 
 if __name__ == "__main__":
-    partial = TABLE_FILE.with_suffix(".partial.npz")  # written whole, then renamed
-    np.savez_compressed(partial, **build())
-    partial.replace(TABLE_FILE)
+    import io
+
+    from lsq.fileio import write_atomic
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **build())
+    write_atomic(TABLE_FILE, buffer.getbuffer())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+from lsq.fileio import write_atomic  # noqa: E402
 
 #: grey dashed styles keep published references visually apart from our measurements.
 _REF_STYLES = ("x--", "+:", "1-.")
@@ -44,7 +47,9 @@ def plot_rd(
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     out_svg = out_png.with_suffix(".svg")
-    fig.savefig(out_png, dpi=150)
-    fig.savefig(out_svg)
+    for path, options in ((out_png, {"dpi": 150}), (out_svg, {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], **options)
+        write_atomic(path, buf.getbuffer())
     plt.close(fig)
     return [out_png, out_svg]

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lsq.eval import metrics
 from lsq.eval.baselines import BASELINES
+from lsq.fileio import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -317,10 +318,8 @@ def evaluate(
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically (temporary file, then rename) so a crash never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    """Write atomically (lsq.fileio) so a crash never leaves half a file."""
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:

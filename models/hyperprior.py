@@ -13,38 +13,45 @@ codec (``lsq.models.latent_codecs``: scalar, bsq, leech, spherical-leech) owns q
 likelihoods and exact coding of y'; this class knows nothing quantizer-specific.
 Following CompressAI, ``forward`` returns ``x_hat`` and ``likelihoods``
 (``-sum(log2(likelihoods))`` is the rate in bits), ``compress``/``decompress`` give and take
-strings, ``update`` freezes what coding needs.
+strings, ``update`` freezes what coding needs, ``aux_loss`` trains the bottleneck's quantiles.
+
+A model built ``for_coding`` (what the registry loads) holds ``BottleneckTables`` instead of
+CompressAI's EntropyBottleneck and so never imports CompressAI: ``lsq encode`` and
+``lsq decode`` start in a fraction of the time. It codes bit for bit the same; it cannot train.
 """
 
 from __future__ import annotations
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN
-from compressai.models import CompressionModel
-from compressai.models.utils import conv, deconv
 from torch import nn
 
 from lsq.models import latent_coding
+from lsq.models.bottleneck_tables import BottleneckTables
 from lsq.models.latent_codecs import LATENT_CODECS
+from lsq.models.layers import GDN, conv, deconv
 from lsq.models.quality import MAX_QUALITY, MIN_QUALITY, QualityGains
 
 QUANTIZERS = tuple(LATENT_CODECS)
 
 
-class LsqHyperprior(CompressionModel):
+class LsqHyperprior(nn.Module):
     """Hyperprior codec with a choice of latent codec, for the qualities low..high."""
 
     def __init__(self, quantizer: str = "leech", N: int = 128, M: int = 192,
                  qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY),
-                 proxy: str = "mixed", **codec_options) -> None:
+                 proxy: str = "mixed", for_coding: bool = False, **codec_options) -> None:
         if quantizer not in LATENT_CODECS:
             raise ValueError(f"unknown quantizer {quantizer!r}; expected one of {QUANTIZERS}")
         super().__init__()
         self.latent_codec = LATENT_CODECS[quantizer](M, proxy, **codec_options)
         self.quantizer, self.N, self.M = quantizer, N, M
         self.gains = QualityGains(M, *qualities)
-        self.entropy_bottleneck = EntropyBottleneck(N)
+        if for_coding:
+            self.entropy_bottleneck: nn.Module = BottleneckTables(N)
+        else:
+            from compressai.entropy_models import EntropyBottleneck
+
+            self.entropy_bottleneck = EntropyBottleneck(N)
         self.g_a = nn.Sequential(
             conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
         )
@@ -62,11 +69,28 @@ class LsqHyperprior(CompressionModel):
             conv(M * 3 // 2, self.latent_codec.hyper_channels, stride=1, kernel_size=3),
         )
 
-    def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
-        """CompressAI's update, plus freezing the gains and the codec's steps."""
+    def update(self, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Freeze the bottleneck's CDF tables (CompressAI's update), the gains and the codec's
+        steps; True if the tables were rebuilt."""
         self.gains.update()
         self.latent_codec.update()
-        return super().update(scale_table, force=force, update_quantiles=update_quantiles)
+        return self.entropy_bottleneck.update(force=force, update_quantiles=update_quantiles)
+
+    def aux_loss(self) -> torch.Tensor:
+        """The bottleneck's quantile loss (CompressAI's aux_loss)."""
+        return self.entropy_bottleneck.loss()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module's, after sizing the bottleneck's CDF buffers to the stored ones, as
+        CompressAI's CompressionModel does."""
+        eb = self.entropy_bottleneck
+        if not isinstance(eb, BottleneckTables):
+            for name in ("_quantized_cdf", "_offset", "_cdf_length"):
+                stored = state_dict.get(f"entropy_bottleneck.{name}")
+                if stored is not None:
+                    eb.register_buffer(name, torch.zeros_like(stored, device=getattr(
+                        eb, name).device))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor, quality: torch.Tensor | float | None = None) -> dict:
         """Training (or evaluation) pass at per-image qualities (default: the highest)."""
@@ -125,6 +149,7 @@ class LsqHyperprior(CompressionModel):
 
 def build_model(quantizer: str, N: int = 128, M: int = 192,
                 qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY),
-                **codec_options) -> LsqHyperprior:
+                for_coding: bool = False, **codec_options) -> LsqHyperprior:
     """The registry's and the trainer's single way to construct a model."""
-    return LsqHyperprior(quantizer, N=N, M=M, qualities=tuple(qualities), **codec_options)
+    return LsqHyperprior(quantizer, N=N, M=M, qualities=tuple(qualities),
+                         for_coding=for_coding, **codec_options)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,11 +45,15 @@ from lsq.codec.bitstream import (
     pack,
     unpack,
 )
+from lsq.codec.entropy_coding import CorruptStreamError
 from lsq.models import registry
 
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
+
+#: Called after each tile with (tiles done, tiles in all): progress bars for large images.
+TileCallback = Callable[[int, int], None]
 
 
 class ImageCodecError(ValueError):
@@ -176,6 +181,10 @@ def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, lis
     return rgb, alpha, flags, notes
 
 
+def _tile_count(width: int, height: int, tile: int) -> int:
+    return math.ceil(width / tile) * math.ceil(height / tile)
+
+
 def _tiles(width: int, height: int, tile: int):
     """Yield (index, x0, y0, tile width, tile height) in raster order."""
     cols, rows = math.ceil(width / tile), math.ceil(height / tile)
@@ -199,6 +208,7 @@ def encode_image_report(
     quality: float | None = None,
     device: str = "cpu",
     tile: int = DEFAULT_TILE,
+    on_tile: TileCallback | None = None,
 ) -> tuple[bytes, EncodeReport]:
     """Encode an image to `.lsq` bytes and report the conversions that were applied."""
     dev = check_device(device)
@@ -228,6 +238,8 @@ def encode_image_report(
                 raise RuntimeError(f"model returned latent shape {shape}, unexpected")
             sections += [y_strings[0], z_strings[0]]
             shapes.append(shape)
+            if on_tile is not None:
+                on_tile(len(shapes), _tile_count(width, height, tile))
     if alpha is not None:
         sections.append(zlib.compress(alpha.tobytes(), 9))
     header = Header(
@@ -284,7 +296,10 @@ def decode_header(data: bytes) -> Header:
 
 
 def decode_image(
-    data: bytes, device: str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    device: str = "cpu",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_tile: TileCallback | None = None,
 ) -> Image.Image:
     """Decode `.lsq` bytes to a Pillow image of the original size (L, LA, RGB or RGBA)."""
     dev = check_device(device)
@@ -301,6 +316,9 @@ def decode_image(
                 f"does not fit its {tw}x{th} pixels"
             )
     registry.verify(header.model, header.weights_hash)
+    if not registry.covers(registry.get_config(header.model), header.quality):
+        raise BitstreamError(f"corrupt: quality {header.quality:g} is outside the qualities "
+                             f"of model {header.model!r}")
     net = registry.load(header.model, str(dev))
     rgb = np.empty((header.height, header.width, 3), np.uint8)
     with torch.inference_mode():
@@ -308,14 +326,17 @@ def decode_image(
             strings = [[sections[2 * i]], [sections[2 * i + 1]]]
             try:
                 x_hat = net.decompress(strings, header.latent_shapes[i], header.quality)["x_hat"]
-            # The container is intact, so a failing entropy decoder means crafted or corrupt
-            # sections; constriction reports invalid compressed data as AssertionError.
-            except (AssertionError, RuntimeError, ValueError, IndexError, OverflowError) as e:
+            # Only the decoder's own verdict on the data means a corrupt stream (the integer
+            # hyper-decoder refuses out-of-range latents too); any other exception is a bug
+            # of lsq and must surface as one.
+            except CorruptStreamError as e:
                 raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
             if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
                 raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
             block = x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round().to(torch.uint8)
             rgb[y0 : y0 + th, x0 : x0 + tw] = block.permute(1, 2, 0).cpu().numpy()
+            if on_tile is not None:
+                on_tile(i + 1, len(header.latent_shapes))
     alpha = None
     if header.flags & FLAG_ALPHA:
         alpha = _decode_alpha(sections[-1], header.width, header.height)

@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsq.codec import tables
-from lsq.codec.entropy_coding import Decoder, Encoder
+from lsq.codec.entropy_coding import CorruptStreamError, Decoder, Encoder
 
 WEIGHT_BITS = 12  # fixed-point fraction bits of h_s weights
 ACTIVATION_BITS = 8  # and of its activations
 EXACT_LIMIT = 2.0**52
 
 
+@torch.no_grad()
 def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tensor:
     """h_s(z_hat) in exact fixed point; float64 multiples of 2**-ACTIVATION_BITS."""
     a = torch.round(z_hat.to(torch.float64) * 2**ACTIVATION_BITS)
@@ -42,7 +43,7 @@ def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tenso
             else:
                 raise TypeError(f"h_s layer {type(layer).__name__} has no integer form")
             if acc.numel() and float(acc.abs().max()) >= EXACT_LIMIT:
-                raise OverflowError("integer hyper-decoder left the exact float64 range")
+                raise CorruptStreamError("integer hyper-decoder left the exact float64 range")
             a = torch.floor(acc / 2**WEIGHT_BITS)
     return a / 2**ACTIVATION_BITS
 

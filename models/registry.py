@@ -218,7 +218,8 @@ def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
     try:
         low, high = (int(q) for q in config["qualities"])
         net = build_model(config["family"], int(config["N"]), int(config["M"]),
-                          qualities=(low, high), **config.get("codec_options", {}))
+                          qualities=(low, high), for_coding=True,
+                          **config.get("codec_options", {}))
         state = weights_file.load_state(path)
         # Entropy tables are buffers of the state dict: never call update() here, it would
         # rebuild them from floats and break bit-exact decoding across machines.

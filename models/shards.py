@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lsq.fileio import write_atomic
+
 MAGIC = b"LSQSHRD1"
 SHARD_SUFFIX = ".lsqshard"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -56,12 +58,7 @@ def split_of(index: int, val_every: int) -> str:
 
 def _write_shard(path: Path, entries: list[dict], blobs: list[bytes]) -> None:
     header = json.dumps({"files": entries}, separators=(",", ":")).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-        for blob in blobs:
-            f.write(blob)
-    os.replace(tmp, path)
+    write_atomic(path, b"".join([MAGIC, struct.pack("<Q", len(header)), header, *blobs]))
 
 
 def pack_shards(

@@ -33,6 +33,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from lsq.fileio import write_atomic
+
 from .shards import DEFAULT_VAL_EVERY, load_folder_images, load_images
 
 ModelBuilder = Callable[[dict], nn.Module]
@@ -265,15 +267,6 @@ def evaluate(model: nn.Module, crops: torch.Tensor, batch: int, channels_last: b
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(out_dir: str | os.PathLike, state: dict) -> list[Path]:
     """Write ``state`` as parts of at most 16 MB and then the manifest that commits them.
 
@@ -290,11 +283,11 @@ def save_checkpoint(out_dir: str | os.PathLike, state: dict) -> list[Path]:
     for i, start in enumerate(range(0, len(data), CKPT_PART_BYTES)):
         chunk = data[start : start + CKPT_PART_BYTES]
         name = f"{tag}-{i}.bin"
-        _write_atomic(out / name, chunk)
+        write_atomic(out / name, chunk)
         digest = hashlib.sha256(chunk).hexdigest()
         parts.append({"file": name, "bytes": len(chunk), "sha256": digest})
     manifest = {"step": state["step"], "total_bytes": len(data), "parts": parts}
-    _write_atomic(out / CKPT_MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_atomic(out / CKPT_MANIFEST, json.dumps(manifest, indent=1).encode())
     live = {p["file"] for p in parts}
     for old in out.glob("ckpt-*.bin"):
         if old.name not in live:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -20,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 from PIL import Image
+
+from lsq.cli import main as cli_main
+from lsq.models import weights_file
+from lsq.models.hyperprior import build_model
+from lsq.models.latent_codecs import ScalarLatentCodec
 
 TIMEOUT = 120
 TINY = {"N": 8, "M": 24}
@@ -29,11 +35,6 @@ TINY = {"N": 8, "M": 24}
 def make_weights(folder: Path) -> None:
     """Two tiny scalar models and a registry naming the first: tiny-scalar-q1 variable-rate
     over qualities 1..5 (default 1, fp32 file), tiny-scalar-q6 fixed-rate at 6 (fp16 file)."""
-    import torch
-
-    from lsq.models import weights_file
-    from lsq.models.hyperprior import build_model
-
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     for name, qualities, half in (("tiny-scalar-q1", (1, 5), False),
@@ -264,7 +265,14 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
         (["encode", src, "-o", tmp_path / "a.lsq", "--model", "nope"], "unknown model 'nope'"),
         (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "5.5"],
          "has no quality 5.5; it has 1-5, 6"),
-        (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "9"], "range 1<=x<=8"),
+        (["encode", src, "-o", tmp_path / "a.lsq", "--quality", "9"], "not in the range"),
+        (["encode", src, src, "-o", "-"], "single input"),
+        (["encode", src, "-", "-o", tmp_path / "d"], "stdin"),
+        (["encode", src, src, "-o", tmp_path / "d"], "would both be written"),
+        (["decode", coded["gray"]["lsq"], "-o", f"{tmp_path}/d/", "--format", "xyz"],
+         "unknown output format"),
+        (["decode", coded["gray"]["lsq"], coded["rgba"]["lsq"], "-o", tmp_path / "d",
+          "--reference", src], "single input"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.xyz"], "unknown output format"),
         (["encode", src, "-o", tmp_path / "nodir" / "a.lsq"], "does not exist"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "nodir" / "a.png"], "does not exist"),
@@ -296,8 +304,8 @@ def test_models_command(env: dict[str, str], tmp_path: Path) -> None:
     assert none.returncode == 0 and "no models are shipped" in none.stdout.decode()
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU may be present")
 def test_cuda_without_cuda(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    env = {**env, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, whatever the machine has
     result = lsq(env, "encode", coded["gray"]["src"], "-o", tmp_path / "a.lsq", "--device", "cuda")
     assert_one_line_error(result, "CUDA is not available")
     assert not (tmp_path / "a.lsq").exists()
@@ -317,9 +325,7 @@ def test_disk_full_is_one_line(env: dict[str, str], coded: dict, args: list[str]
 def test_version_help_and_console_script(env: dict[str, str]) -> None:
     result = lsq(env, "--version")
     assert result.returncode == 0 and "lsq, version" in result.stdout.decode()
-    script = Path(sys.executable).with_name("lsq")
-    if not script.exists():
-        pytest.skip("console script not installed")
+    script = Path(sys.executable).with_name("lsq")  # pip install (editable or not) puts it here
     helped = subprocess.run([script, "--help"], capture_output=True, env=env, timeout=TIMEOUT)
     assert helped.returncode == 0
     for name in ("encode", "decode", "info", "models"):
@@ -342,3 +348,88 @@ def test_atomic_write_in_process(tmp_path: Path) -> None:
         write_output(str(tmp_path / "folder"), b"x", force=True)
     assert info.value.filename == str(tmp_path / "folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "out.bin"]
+
+
+def test_batch_encode_and_decode_name_every_failure(env: dict[str, str], coded: dict,
+                                                    tmp_path: Path) -> None:
+    """Several inputs into a folder: the good ones written, each bad one named, exit 1."""
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rgba.lsq").write_bytes(b"keep me")
+    srcs = [coded["gray"]["src"], coded["rgba"]["src"], junk, tmp_path / "missing.png",
+            coded["one"]["src"]]
+    result = lsq(env, "encode", *srcs, "-o", f"{out}/")
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 4 and lines[-1] == "Error: 3 of 5 files failed", err
+    for fragment in ("rgba.lsq exists", "junk.png: not an image", "missing.png: no such file"):
+        assert sum(fragment in line for line in lines) == 1, err
+    assert (out / "rgba.lsq").read_bytes() == b"keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["gray.lsq", "one.lsq", "rgba.lsq"]
+    assert result.stdout.decode().count("bpp") == 2
+
+    bad = tmp_path / "cut.lsq"
+    bad.write_bytes((out / "gray.lsq").read_bytes()[:20])
+    decoded = tmp_path / "decoded"  # made by decode
+    result = lsq(env, "decode", out / "gray.lsq", bad, out / "one.lsq", "-o", decoded)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"Error: {bad}: truncated"), err
+    assert lines[1] == "Error: 1 of 3 files failed"
+    assert sorted(p.name for p in decoded.iterdir()) == ["gray.png", "one.png"]
+    assert Image.open(decoded / "gray.png").size == (33, 17)
+
+
+def test_help_lists_commands_without_importing_them() -> None:
+    """`lsq --help` and `lsq info` load no torch; the help table matches each command."""
+    code = ("import sys\nfrom lsq.cli.main import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'compressai', "
+            "'lsq.cli.coding', 'lsq.cli.train') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
+    assert out.stdout.decode().strip().endswith("[]"), out.stdout.decode()
+    for name, (module, attr, help_) in cli_main.COMMANDS.items():
+        command = getattr(__import__(module, fromlist=[attr]), attr)
+        assert command.get_short_help_str(limit=10**6) == help_, name
+
+
+def test_info_loads_no_torch(coded: dict) -> None:
+    code = ("import sys\nfrom lsq.cli.main import main\ntry:\n"
+            f"    main(['info', {str(coded['gray']['lsq'])!r}])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
+    assert out.stdout.decode().splitlines()[-1] == "False", out.stderr.decode()
+
+
+@pytest.mark.parametrize("target", [("broken_cmd", "encode"), ("lsq.cli.coding", "nope")])
+def test_broken_command_module_is_an_internal_error(
+    target: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "broken_cmd.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LSQ_DEBUG", raising=False)
+    monkeypatch.setitem(cli_main.COMMANDS, "encode", (*target, "broken"))
+    result = CliRunner().invoke(cli_main.main, ["encode", "x.png", "-o", "x.lsq"])
+    assert result.exit_code == cli_main.INTERNAL_ERROR, result.output
+    assert "internal error: command 'encode' cannot be loaded" in result.output
+    assert "No such command" not in result.output
+
+
+def test_a_coder_bug_is_an_internal_error(env: dict[str, str], coded: dict, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug inside the decoder exits 70 with its own name, not as a corrupt stream."""
+    def buggy(*args, **kwargs):
+        raise IndexError("index 7 is out of bounds")
+
+    monkeypatch.setenv("LSQ_WEIGHTS_DIR", env["LSQ_WEIGHTS_DIR"])
+    monkeypatch.delenv("LSQ_DEBUG", raising=False)
+    monkeypatch.setattr(ScalarLatentCodec, "decompress", buggy)
+    result = CliRunner().invoke(
+        cli_main.main, ["decode", str(coded["gray"]["lsq"]), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == cli_main.INTERNAL_ERROR, result.output
+    assert "internal error: IndexError: index 7 is out of bounds" in result.output
+    assert "corrupt" not in result.output and not (tmp_path / "x.png").exists()

@@ -24,10 +24,7 @@ from lsq.eval.baselines import BASELINES
 from lsq.eval.bdrate import bd_rate, bd_table, format_markdown
 from lsq.eval.plot import plot_rd
 
-KODAK = Path("/work/shared/data/kodak")
 CROP = 176  # smallest convenient size above MS-SSIM's 160-pixel minimum
-
-pytestmark = pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak not present")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,11 +37,11 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def crops(tmp_path_factory: pytest.TempPathFactory, kodak: Path) -> Path:
     """Two CROPxCROP crops of kodim01/kodim02, written as PNG into a temporary dataset."""
     root = tmp_path_factory.mktemp("kodak_crops")
     for i in (1, 2):
-        with Image.open(KODAK / f"kodim{i:02d}.png") as im:
+        with Image.open(kodak / f"kodim{i:02d}.png") as im:
             im.convert("RGB").crop((200, 100, 200 + CROP, 100 + CROP)).save(root / f"k{i}.png")
     return root
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lsq.codec.bitstream import (
@@ -22,10 +23,8 @@ from lsq.codec.bitstream import (
     pack,
     unpack,
 )
-
-torch = pytest.importorskip("torch")
-image_codec = pytest.importorskip("lsq.models.image_codec")
-registry = pytest.importorskip("lsq.models.registry")
+from lsq.models import image_codec, registry
+from lsq.models.latent_codecs import ScalarLatentCodec
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +157,8 @@ def test_empty_and_oversized_images_are_refused() -> None:
         image_codec.encode_image(Image.new("1", (70000, 1)))
 
 
-def test_cuda_refused_without_cuda() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
+def test_cuda_refused_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(image_codec.DeviceError, match="CUDA is not available"):
         image_codec.decode_image(b"", device="cuda")
     with pytest.raises(image_codec.DeviceError, match="unknown device"):
@@ -203,6 +201,30 @@ def test_garbage_sections_decode_to_an_image_or_a_bitstream_error() -> None:
         except BitstreamError:
             continue
         assert out.size == (64, 64)
+
+
+def test_a_bug_in_the_decoder_is_not_reported_as_a_corrupt_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the decoder's verdict on the data is a BitstreamError; a bug stays a bug."""
+    data = image_codec.encode_image(noise("RGB", (16, 16)))
+
+    def buggy(*args, **kwargs):
+        raise IndexError("index 7 is out of bounds")
+
+    monkeypatch.setattr(ScalarLatentCodec, "decompress", buggy)
+    with pytest.raises(IndexError, match="out of bounds"):
+        image_codec.decode_image(data)
+
+
+def test_tile_callback_counts_every_tile() -> None:
+    calls: list[tuple[int, int]] = []
+    data, report = image_codec.encode_image_report(
+        noise("RGB", (130, 70)), tile=64, on_tile=lambda *a: calls.append(a))
+    assert report.tiles == 6 and calls == [(i, 6) for i in range(1, 7)]
+    calls.clear()
+    image_codec.decode_image(data, on_tile=lambda *a: calls.append(a))
+    assert calls == [(i, 6) for i in range(1, 7)]
 
 
 SHIPPED = sorted(p.stem for p in (Path(registry.__file__).parent / "weights").glob("*.safetensors"))

@@ -138,3 +138,24 @@ def test_origin_anchored_leech_codes_exactly(image: torch.Tensor) -> None:
         a = model.decompress_latents(coded["strings"], coded["shape"], 5.0)[0]
         b = model.decompress_latents(coded["strings"], coded["shape"], 5.0)[0]
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("quantizer", ["scalar", "leech"])
+def test_model_built_for_coding_codes_identically(quantizer: str, image: torch.Tensor) -> None:
+    """The CompressAI-free coding model (what the registry loads) gives the same bytes and
+    latents as the trainable one, and imports no CompressAI."""
+    import subprocess
+    import sys
+
+    trained = coded_model(quantizer)
+    coding = build_model(quantizer, N=16, M=48, for_coding=True).eval()
+    coding.load_state_dict(trained.state_dict())
+    a, b = trained.compress(image, 3.0), coding.compress(image, 3.0)
+    assert a["strings"] == b["strings"]
+    assert torch.equal(trained.decompress_latents(a["strings"], a["shape"], 3.0)[0],
+                       coding.decompress_latents(b["strings"], b["shape"], 3.0)[0])
+    code = ("import sys; from lsq.models.hyperprior import build_model; "
+            "build_model('leech', N=16, M=48, for_coding=True); "
+            "print(any(m.startswith('compressai') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

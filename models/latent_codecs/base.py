@@ -19,6 +19,7 @@ from torch import nn
 
 from lsq.codec.entropy_coding import Decoder, Encoder
 from lsq.codec.quantizers import BLOCK, PROXIES, from_blocks
+from lsq.models.layers import LowerBoundFunction
 
 LIKELIHOOD_BOUND = 1e-9
 SCALE_BOUND = 0.11  # smallest scale, as CompressAI bounds its Gaussian conditional
@@ -37,23 +38,9 @@ def spread(log_p_blocks: torch.Tensor) -> torch.Tensor:
     return from_blocks(torch.exp(floored).unsqueeze(-1).expand(*log_p_blocks.shape, BLOCK))
 
 
-class _LowerBound(torch.autograd.Function):
-    """max(x, bound), letting through the gradients that push x up (CompressAI's LowerBound)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.bound = bound
-        return x.clamp(min=bound)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        return grad * ((x >= ctx.bound) | (grad < 0)).to(grad.dtype), None
-
-
 def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
-    return _LowerBound.apply(x, bound)
+    """max(x, bound), letting through the gradients that push x up (CompressAI's LowerBound)."""
+    return LowerBoundFunction.apply(x, torch.tensor(bound, dtype=x.dtype, device=x.device))
 
 
 def gaussian_likelihood(values: torch.Tensor, scales: torch.Tensor,
