@@ -1,4 +1,4 @@
-"""Thin click commands around `lsq.models.image_codec`: encode, decode, info, models.
+"""Thin click commands around `lsq.image_codec`: encode, decode, info, models.
 
 Heavy modules (torch, the models) are imported inside the commands so that `lsq --help`
 and `lsq info` stay fast. `encode` and `decode` take several inputs in one process (one
@@ -229,7 +229,7 @@ def encode(
         raise click.ClickException("refusing to write binary data to a terminal")
     registry.pick_quality(registry.resolve(model, quality), quality)  # fail before torch loads
     if len(jobs) > 1:  # once, rather than once per file
-        from lsq.models.image_codec import check_device
+        from lsq.image_codec import check_device
 
         check_device(device)
 
@@ -237,7 +237,7 @@ def encode(
         check_output(dst, force)
         img = _open_image(src, read_input(src))
 
-        from lsq.models.image_codec import ImageCodecError, encode_image_report
+        from lsq.image_codec import ImageCodecError, encode_image_report
 
         start = time.perf_counter()
         try:
@@ -317,7 +317,7 @@ def decode(
     if is_folder_output(inputs, output):
         output_format(jobs[0][1])  # all share one extension: an unknown one fails up front
     if len(jobs) > 1:
-        from lsq.models.image_codec import check_device
+        from lsq.image_codec import check_device
 
         check_device(device)
 
@@ -328,7 +328,7 @@ def decode(
         header, _ = unpack(data)  # corrupt, foreign or unknown-model files fail before torch
         registry.verify(header.model, header.weights_hash)
 
-        from lsq.models.image_codec import decode_image
+        from lsq.image_codec import decode_image
 
         start = time.perf_counter()
         img = decode_image(data, device, max_pixels, on_tile=on_tile)

@@ -37,7 +37,7 @@ class CodecClickException(click.ClickException):
 EXPECTED_ERRORS = {
     "PIL.Image": ("DecompressionBombError", "UnidentifiedImageError"),
     "lsq.codec.bitstream": ("BitstreamError",),
-    "lsq.models.image_codec": ("DeviceError", "ImageCodecError"),
+    "lsq.image_codec": ("DeviceError", "ImageCodecError"),
     "lsq.models.registry": ("ModelMismatchError", "RegistryError", "UnknownModelError"),
 }
 

@@ -104,14 +104,14 @@ class LsqCodec:
         return f"{self.name}: skipped, {self._load_error() or 'available'}"
 
     def encode(self, rgb: np.ndarray, quality: int) -> bytes:
-        from lsq.models.image_codec import encode_image
+        from lsq.image_codec import encode_image
 
         model = self.rate_points[quality]["name"]
         img = Image.fromarray(rgb, mode="RGB")
         return encode_image(img, model, quality=quality, device=self.device)
 
     def decode(self, data: bytes) -> np.ndarray:
-        from lsq.models.image_codec import decode_image
+        from lsq.image_codec import decode_image
 
         img = decode_image(data, device=self.device)
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()

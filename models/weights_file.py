@@ -37,7 +37,9 @@ def _fp16_safe(t: torch.Tensor) -> bool:
 def save(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict,
          half: bool = True) -> Path:
     """Write a state dict and its config atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
+
+    from lsq.fileio import write_atomic
 
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
@@ -48,9 +50,7 @@ def save(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict,
         tensors[k] = (v.half() if half and _fp16_safe(v) else v).contiguous().clone()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"config": json.dumps(config)})
-    os.replace(tmp, out)
+    write_atomic(out, to_bytes(tensors, metadata={"config": json.dumps(config)}))
     return out
 
 

@@ -195,7 +195,7 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
         {"name": "scalar-q1", "family": "scalar", "qualities": [1, 1]},
         {"name": "leech-lo", "family": "leech", "qualities": [2, 3]},
     ]
-    image_codec = types.ModuleType("lsq.models.image_codec")
+    image_codec = types.ModuleType("lsq.image_codec")
 
     def encode_image(img: Image.Image, model: str, quality: int | None = None, device="cpu"):
         calls.append(("enc", f"{model}@{quality}"))
@@ -208,7 +208,7 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
     image_codec.encode_image = encode_image  # type: ignore[attr-defined]
     image_codec.decode_image = decode_image  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "lsq.models.registry", registry)
-    monkeypatch.setitem(sys.modules, "lsq.models.image_codec", image_codec)
+    monkeypatch.setitem(sys.modules, "lsq.image_codec", image_codec)
 
     (codec,) = rd.resolve_codecs(["lsq:leech"])
     assert codec.name == "lsq-leech" and codec.available() and codec.qualities == (2, 3, 6, 7)

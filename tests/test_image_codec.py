@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lsq import image_codec
 from lsq.codec.bitstream import (
     FLAG_ALPHA,
     FLAG_COLOR_CONVERTED,
@@ -23,7 +24,7 @@ from lsq.codec.bitstream import (
     pack,
     unpack,
 )
-from lsq.models import image_codec, registry
+from lsq.models import registry
 from lsq.models.latent_codecs import ScalarLatentCodec
 
 

@@ -1,6 +1,6 @@
 """Encode on one device, decode on every other: the decoded latents must agree bit for bit.
 
-    python -m lsq.eval.check_cross_device [--dataset ../shared/data/kodak] [--images 4]
+    python -m lsq.tools.check_cross_device [--dataset ../shared/data/kodak] [--images 4]
                                           [--models all | NAME,NAME] [--untrained]
 
 Configurations: ``cpu`` (torch's default thread count), ``cpu-1`` (one thread) and ``cuda``
@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from lsq.codec.bitstream import unpack
+from lsq.image_codec import decode_image, encode_image
 from lsq.models import registry, weights_file
 from lsq.models.hyperprior import build_model
-from lsq.models.image_codec import decode_image, encode_image
 
 QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
 
@@ -74,7 +74,7 @@ def write_untrained(folder: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.check_cross_device")
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.check_cross_device")
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--models", default="all", help="all, or names separated by commas")

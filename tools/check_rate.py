@@ -1,6 +1,6 @@
 """Coded size of real images against the model's own -log2 P, for Leech models.
 
-    python -m lsq.eval.check_rate [--dataset ../shared/data/kodak] [--images 4] [--model NAME]
+    python -m lsq.tools.check_rate [--dataset ../shared/data/kodak] [--images 4] [--model NAME]
         [--quality Q]
 
 Each image's latent is coded as ``lsq encode`` codes it, and its size compared with the
@@ -32,7 +32,7 @@ GROUPS = ((0.0, 4.0), (4.0, 6.0), (6.0, math.inf))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.check_rate")
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.check_rate")
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--model", default=None, help="a Leech model (default: the default)")

@@ -1,6 +1,6 @@
 """Wall time of the `lsq` command line against the bare `import torch` it cannot avoid.
 
-    python -m lsq.eval.bench_cli [--image eval/sample/kodim23.png] [--repeat 5]
+    python -m lsq.tools.bench_cli [--image eval/sample/kodim23.png] [--repeat 5]
 
 Runs, as a user would, the installed `lsq` console script (or `python -m lsq.cli.main` when
 there is none): `encode` of the image, `decode` of the result, `info` and `--help`, each
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SAMPLE = Path(__file__).resolve().parent / "sample" / "kodim23.png"
+SAMPLE = Path(__file__).resolve().parents[1] / "eval" / "sample" / "kodim23.png"
 EXCESS_TARGET = 1.0  # seconds over `import torch` for encode and decode
 FAST_TARGET = 0.5  # seconds for `--help` and `info`
 
@@ -42,7 +42,7 @@ def wall(cmd: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_cli")
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_cli")
     parser.add_argument("--image", type=Path, default=SAMPLE)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Throughput of the Leech decoders beside brute force, and the measured second moment G.
 
-    python -m lsq.eval.bench_lattice --n 100000 --device cpu
+    python -m lsq.tools.bench_lattice --n 100000 --device cpu
 
 Points/s of nearest and nearest_shell (float32 batches of --n) on CPU and, when available,
 on CUDA (with warm-up and torch.cuda.synchronize); the brute-force references are timed on a

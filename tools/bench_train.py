@@ -1,6 +1,6 @@
 """Training throughput: images/s of the crop sampler alone and of full training steps.
 
-    python -m lsq.eval.bench_train --quantizer scalar --batch 16 --steps 50 [--data SHARDS]
+    python -m lsq.tools.bench_train --quantizer scalar --batch 16 --steps 50 [--data SHARDS]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
@@ -71,7 +71,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_train", description=__doc__)
     parser.add_argument("--quantizer", default="scalar")
     parser.add_argument("--N", type=int, default=128)
     parser.add_argument("--M", type=int, default=192)

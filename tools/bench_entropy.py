@@ -1,6 +1,6 @@
 """Blocks per second through the exact range coders, encoding and decoding, on CPU.
 
-    python -m lsq.eval.bench_entropy [--blocks 12000] [--repeat 3]
+    python -m lsq.tools.bench_entropy [--blocks 12000] [--repeat 3]
 
 12,000 blocks is one 768x512 image at 192 latent channels. Scales and means are drawn
 like a trained model's (integer frame). ``leech``: any lattice point (``LeechCoder``), scales
@@ -61,7 +61,7 @@ def _measure(coder: LeechCoder | ShellCoder, points: np.ndarray, scale: np.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_entropy")
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_entropy")
     parser.add_argument("--blocks", type=int, default=12_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

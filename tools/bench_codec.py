@@ -1,6 +1,6 @@
 """End-to-end speed and quality of `lsq` against CompressAI's bmshj2018-hyperprior on CPU.
 
-    python -m lsq.eval.bench_codec [--dataset ../shared/data/kodak] [--model NAME]
+    python -m lsq.tools.bench_codec [--dataset ../shared/data/kodak] [--model NAME]
 
 Per image: lsq bytes, bpp, PSNR, encode and decode seconds (the full image path: tiling,
 padding, header); then CompressAI's bmshj2018-hyperprior (quality 3, untrained weights:
@@ -19,7 +19,7 @@ from compressai.zoo import bmshj2018_hyperprior
 from PIL import Image
 
 from lsq.eval.metrics import bpp, psnr
-from lsq.models.image_codec import decode_image, encode_image
+from lsq.image_codec import decode_image, encode_image
 
 
 def _compressai_seconds(net: torch.nn.Module, rgb: np.ndarray) -> float:
@@ -34,7 +34,7 @@ def _compressai_seconds(net: torch.nn.Module, rgb: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.eval.bench_codec")
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_codec")
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--model", default=None)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Fuzz the `.lsq` parser and the full decoder; exit status 1 if anything misbehaved.
 
-    python -m lsq.eval.fuzz_bitstream [--cases 100000] [--decode-cases 2000] [--seed 0]
+    python -m lsq.tools.fuzz_bitstream [--cases 100000] [--decode-cases 2000] [--seed 0]
 
 Phase 1 mutates valid streams (bit flips, overwrites, inserts, deletions, truncations,
 extensions, splices, big integers; half of them with the CRC recomputed so mutations
@@ -116,7 +116,8 @@ def _worker(conn) -> None:
     import numpy as np
     from PIL import Image
 
-    from lsq.models import image_codec, registry
+    from lsq import image_codec
+    from lsq.models import registry
 
     while True:
         message = conn.recv()

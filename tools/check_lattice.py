@@ -1,6 +1,6 @@
 """Heavy correctness check of the Leech decoders against brute force (prints mismatch counts).
 
-    python -m lsq.eval.check_lattice --n 100000 --shell-n 10000 --device cpu
+    python -m lsq.tools.check_lattice --n 100000 --shell-n 10000 --device cpu
 
 nearest is compared with exhaustive search over all 8,192 cosets (distance-wise, ties
 allowed) in float64 and float32; nearest_shell with the best of all 196,560 minimal vectors;
