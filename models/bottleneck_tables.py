@@ -43,6 +43,10 @@ class BottleneckTables(nn.Module):
             setattr(self, name, value.detach().to(self.quantiles.device, getattr(
                 self, name).dtype).clone())
 
+    def update(self, **_) -> bool:
+        raise RuntimeError("a model built for coding holds frozen bottleneck tables; "
+                           "build it with for_coding=False to update or train it")
+
     @property
     def quantized_cdf(self) -> torch.Tensor:
         return self._quantized_cdf
