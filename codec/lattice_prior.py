@@ -34,27 +34,30 @@ def _codewords(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(golay_code(), dtype=dtype, device=device)
 
 
-def log_theta8(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """log C(k) = log sum_h exp(-(k + 8h - mu)^2 / (2 sigma^2)) for k = 0..7.
+def _log_theta(d: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log sum_h exp(-(8h - d)^2 / (2 sigma^2)) for offsets d (..., K) and scales sigma (...,).
 
-    Shapes (...,) -> (..., 8). Direct sum for small sigma, Poisson dual for large sigma;
-    both branches are evaluated on clamped inputs so that gradients stay finite.
+    Direct sum for small sigma, Poisson dual for large sigma; both branches are evaluated on
+    clamped inputs so that gradients stay finite.
     """
-    k = torch.arange(8, dtype=mu.dtype, device=mu.device)
-    d = mu.unsqueeze(-1) - k
     s = sigma.unsqueeze(-1)
-
     s_direct = s.clamp(max=DIRECT_MAX_SIGMA)
-    h = torch.arange(-_DIRECT_TERMS, _DIRECT_TERMS + 1, dtype=mu.dtype, device=mu.device)
+    h = torch.arange(-_DIRECT_TERMS, _DIRECT_TERMS + 1, dtype=s.dtype, device=s.device)
     t = 8 * (torch.round(d / 8).detach().unsqueeze(-1) + h) - d.unsqueeze(-1)
     direct = torch.logsumexp(-(t * t) / (2 * s_direct.unsqueeze(-1) ** 2), dim=-1)
 
     s_dual = s.clamp(min=DIRECT_MAX_SIGMA)
-    f = torch.arange(1, _DUAL_TERMS + 1, dtype=mu.dtype, device=mu.device)
+    f = torch.arange(1, _DUAL_TERMS + 1, dtype=s.dtype, device=s.device)
     damp = torch.exp(-(2 * math.pi**2 / 64) * (s_dual.unsqueeze(-1) * f) ** 2)
     wave = torch.cos((2 * math.pi / 8) * f * d.unsqueeze(-1))
     dual = torch.log(s_dual * math.sqrt(2 * math.pi) / 8) + torch.log1p(2 * (damp * wave).sum(-1))
     return torch.where(s < DIRECT_MAX_SIGMA, direct, dual)
+
+
+def log_theta8(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log C(k) = log sum_h exp(-(k + 8h - mu)^2 / (2 sigma^2)) for k = 0..7: (...,) -> (..., 8)."""
+    k = torch.arange(8, dtype=mu.dtype, device=mu.device)
+    return _log_theta(mu.unsqueeze(-1) - k, sigma)
 
 
 def leech_log_partition(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -91,17 +94,7 @@ def leech_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> to
 def _log_theta_centred(sigma: torch.Tensor) -> torch.Tensor:
     """log C(k) for k = 0..4 at mu = 0 (C(8 - k) = C(k) by symmetry): (...,) -> (..., 5)."""
     k = torch.arange(5, dtype=sigma.dtype, device=sigma.device)
-    s = sigma.unsqueeze(-1)
-    s_direct = s.clamp(max=DIRECT_MAX_SIGMA)
-    h = torch.arange(-_DIRECT_TERMS, _DIRECT_TERMS + 1, dtype=sigma.dtype, device=sigma.device)
-    t = k.unsqueeze(-1) + 8 * h
-    direct = torch.logsumexp(-(t * t) / (2 * s_direct.unsqueeze(-1) ** 2), dim=-1)
-    s_dual = s.clamp(min=DIRECT_MAX_SIGMA)
-    f = torch.arange(1, _DUAL_TERMS + 1, dtype=sigma.dtype, device=sigma.device)
-    damp = torch.exp(-(2 * math.pi**2 / 64) * (s_dual.unsqueeze(-1) * f) ** 2)
-    wave = torch.cos((2 * math.pi / 8) * f * k.unsqueeze(-1))
-    dual = torch.log(s_dual * math.sqrt(2 * math.pi) / 8) + torch.log1p(2 * (damp * wave).sum(-1))
-    return torch.where(s < DIRECT_MAX_SIGMA, direct, dual)
+    return _log_theta(-k.expand(*sigma.shape, 5), sigma)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
