@@ -1,6 +1,6 @@
 """Training throughput: images/s of the crop sampler alone and of full training steps.
 
-    python -m lsq.tools.bench_train --quantizer scalar --batch 16 --steps 50 [--data SHARDS]
+    python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
@@ -83,11 +83,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--ratio", action="store_true",
+                        help="also time scalar in the same run and print the step-time ratio")
     args = parser.parse_args(argv)
     results = bench(args)
     print(f"{args.quantizer} N={args.N} M={args.M} batch={args.batch} crop={args.crop} "
           f"bf16={args.bf16} channels_last={args.channels_last}: "
           + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
+    if args.ratio:
+        scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar"}))
+        print(f"scalar: train_step {scalar['train_step']:.0f} images/s; {args.quantizer} step "
+              f"time / scalar step time = {scalar['train_step'] / results['train_step']:.2f}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ from lsq.codec.bitstream import unpack
 from lsq.image_codec import decode_image, encode_image
 from lsq.models import registry, weights_file
 from lsq.models.hyperprior import build_model
-
-QUANTIZERS = ("scalar", "bsq", "leech", "spherical-leech")
+from lsq.models.latent_codecs import LATENT_CODECS
 
 
 @contextlib.contextmanager
@@ -60,7 +59,7 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
 
 def write_untrained(folder: Path) -> None:
     """Randomly initialised models of every quantizer, as a weights folder for the registry."""
-    for quantizer in QUANTIZERS:
+    for quantizer in LATENT_CODECS:
         torch.manual_seed(0)
         qualities = (4, 4) if quantizer == "bsq" else (1, 8)
         net = build_model(quantizer, qualities=qualities)
