@@ -35,6 +35,7 @@ from torch import nn
 
 from lsq.fileio import write_atomic
 
+from .quality import lmbda
 from .shards import DEFAULT_VAL_EVERY, load_folder_images, load_images
 
 ModelBuilder = Callable[[dict], nn.Module]
@@ -241,8 +242,6 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate(model: nn.Module, crops: torch.Tensor, batch: int, channels_last: bool) -> dict:
     """Mean bpp (likelihood estimate), PSNR and RD cost on the held-out centre crops, at
     each integer quality of the model: keys val_bpp_q3, val_psnr_q3, val_cost_q3, ..."""
-    from .quality import lmbda
-
     was_training = model.training
     model.eval()
     record: dict = {"val_images": len(crops)}
@@ -414,8 +413,6 @@ def train_step(
     ``net`` is ``model`` or its DDP wrapper; the aux loss goes through ``model`` and its
     gradients are averaged by hand, since DDP ignores the '.quantiles' parameters.
     """
-    from .quality import lmbda
-
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     q = model.gains.sample(x.shape[0], x.device)

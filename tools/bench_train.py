@@ -1,6 +1,6 @@
 """Training throughput: images/s of the crop sampler alone and of full training steps.
 
-    python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS] [--ratio]
+    python -m lsq.tools.bench_train --quantizer leech --batch 16 [--data SHARDS] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
