@@ -1,7 +1,7 @@
 """Registry of shipped models: safetensors weights plus the config needed to rebuild them.
 
 A model NAME is the file `NAME.safetensors` in the weights folder; its safetensors metadata
-holds a JSON string "config" (the format ``lsq.models.train.export_weights`` writes: name,
+holds a JSON string "config" (the format of ``lsq.models.weights_file``: name,
 family, qualities [low, high], default_quality, codec_options, N, M and how it was trained).
 A variable-rate model covers every quality in [low, high]; a fixed-rate one has low == high.
 `registry.json` in the same folder names the default model: {"default": NAME}.
@@ -54,7 +54,8 @@ def _read_config(path: Path) -> dict:
     if config["name"] != path.stem:
         raise RegistryError(f"{path}: config name {config['name']!r} differs from the file name")
     low, high = _range(config, path)
-    if not low <= config["default_quality"] <= high:
+    default = config["default_quality"]
+    if not (isinstance(default, int | float) and low <= default <= high):
         raise RegistryError(f"{path}: default quality outside its range {low}..{high}")
     return config
 
