@@ -113,6 +113,45 @@ class TrainConfig:
         default=None, metadata={"help": "quality `lsq encode` uses by default (export)"})
 
 
+class ConfigError(ValueError):
+    """A training configuration that cannot run: the user's input, reported in one line."""
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a configuration before any data is loaded or any GPU time is spent."""
+    from lsq.codec.quantizers import BLOCK, PROXIES
+
+    from .latent_codecs import LATENT_CODECS
+    from .quality import MAX_QUALITY, MIN_QUALITY
+
+    problems = []
+    if cfg.quantizer not in LATENT_CODECS:
+        names = ", ".join(LATENT_CODECS)
+        problems.append(f"unknown --quantizer {cfg.quantizer!r} (one of {names})")
+    elif not LATENT_CODECS[cfg.quantizer].variable_rate and cfg.quality_min != cfg.quality_max:
+        problems.append(f"{cfg.quantizer} is fixed-rate: give --quality-min = --quality-max")
+    if not MIN_QUALITY <= cfg.quality_min <= cfg.quality_max <= MAX_QUALITY:
+        problems.append(f"qualities must satisfy {MIN_QUALITY} <= --quality-min <= --quality-max "
+                        f"<= {MAX_QUALITY}")
+    if cfg.default_quality is not None and not (
+            cfg.quality_min <= cfg.default_quality <= cfg.quality_max):
+        problems.append("--default-quality must lie between --quality-min and --quality-max")
+    if cfg.origin and cfg.quantizer != "leech":
+        problems.append("--origin applies to the leech quantizer only")
+    if cfg.proxy not in PROXIES:
+        problems.append(f"unknown --proxy {cfg.proxy!r} (one of {', '.join(PROXIES)})")
+    if cfg.M % BLOCK or cfg.M <= 0 or cfg.N <= 0:
+        problems.append(f"--M must be a positive multiple of {BLOCK} and --N positive")
+    if cfg.crop % 64 or cfg.crop <= 0 or cfg.batch <= 0 or cfg.steps <= 0:
+        problems.append("--crop must be a positive multiple of 64; --batch and --steps positive")
+    if not (cfg.data or cfg.images):
+        problems.append("give --data (a shard folder) or --images (image folders)")
+    if cfg.init and not Path(cfg.init).is_file():
+        problems.append(f"--init {cfg.init}: no such file")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -475,6 +514,7 @@ def train(
     ``cfg.data``/``cfg.images``. Exports ``final.safetensors`` once all steps are done.
     """
     t_start = time.monotonic()
+    check_config(cfg)
     rank, world, device = _setup_distributed(cfg.device)
     is_main = rank == 0
     out_dir = Path(cfg.out)

@@ -249,3 +249,22 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
         meta = json.loads(f.metadata()["config"])
     assert (meta["name"], meta["family"], meta["qualities"]) == ("tiny", "scalar", [3, 3])
     assert meta["steps"] == 2 and meta["data"].startswith(f"shards {shards}")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"quantizer": "hexagonal"}, "unknown --quantizer 'hexagonal'"),
+    ({"quality_min": 0}, "--quality-min"),
+    ({"quality_min": 6, "quality_max": 3}, "--quality-min"),
+    ({"quantizer": "bsq"}, "bsq is fixed-rate"),
+    ({"origin": True}, "--origin applies to the leech quantizer only"),
+    ({"proxy": "dither"}, "unknown --proxy 'dither'"),
+    ({"crop": 100}, "multiple of 64"),
+    ({"M": 50}, "multiple of 24"),
+    ({"default_quality": 7.5}, "--default-quality"),
+    ({"init": "/nonexistent/w.safetensors"}, "no such file"),
+])
+def test_bad_configurations_are_refused_before_training(tmp_path, change, message):
+    cfg = tiny_config(tmp_path / "run", data=str(tmp_path), **change)
+    with pytest.raises(tr.ConfigError, match=message):
+        tr.train(cfg)
+    assert not (tmp_path / "run").exists()
