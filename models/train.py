@@ -117,8 +117,9 @@ class ConfigError(ValueError):
     """A training configuration that cannot run: the user's input, reported in one line."""
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse a configuration before any data is loaded or any GPU time is spent."""
+def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
+    """Refuse a configuration before any data is loaded or any GPU time is spent
+    (``data_given``: the caller hands the images over itself)."""
     from lsq.codec.quantizers import BLOCK, PROXIES
 
     from .latent_codecs import LATENT_CODECS
@@ -144,7 +145,7 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"--M must be a positive multiple of {BLOCK} and --N positive")
     if cfg.crop % 64 or cfg.crop <= 0 or cfg.batch <= 0 or cfg.steps <= 0:
         problems.append("--crop must be a positive multiple of 64; --batch and --steps positive")
-    if not (cfg.data or cfg.images):
+    if not (cfg.data or cfg.images or data_given):
         problems.append("give --data (a shard folder) or --images (image folders)")
     if cfg.init and not Path(cfg.init).is_file():
         problems.append(f"--init {cfg.init}: no such file")
@@ -514,7 +515,7 @@ def train(
     ``cfg.data``/``cfg.images``. Exports ``final.safetensors`` once all steps are done.
     """
     t_start = time.monotonic()
-    check_config(cfg)
+    check_config(cfg, data_given=data is not None)
     rank, world, device = _setup_distributed(cfg.device)
     is_main = rank == 0
     out_dir = Path(cfg.out)
