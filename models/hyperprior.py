@@ -9,8 +9,9 @@ variable-rate with quality gains (Cui et al. 2021, ``lsq.models.quality``)::
 
 N: channels of the transforms and of z; M: channels of y, a multiple of 24 (the latent is
 cut into 24-dimensional blocks of 24 consecutive channels at one position). The latent
-codec (``lsq.models.latent_codecs``: scalar, bsq, leech, spherical-leech) owns quantization,
-likelihoods and exact coding of y'; this class knows nothing quantizer-specific.
+codec (``lsq.models.latent_codecs``: scalar, bsq, leech, spherical-leech, optionally inside
+the channel-groups context model, codec option ``context="channel-groups"``) owns
+quantization, likelihoods and exact coding of y'; this class knows nothing quantizer-specific.
 Following CompressAI, ``forward`` returns ``x_hat`` and ``likelihoods``
 (``-sum(log2(likelihoods))`` is the rate in bits), ``compress``/``decompress`` give and take
 strings, ``update`` freezes what coding needs, ``aux_loss`` trains the bottleneck's quantiles.
@@ -27,7 +28,7 @@ from torch import nn
 
 from lsq.models import latent_coding
 from lsq.models.bottleneck_tables import BottleneckTables
-from lsq.models.latent_codecs import LATENT_CODECS
+from lsq.models.latent_codecs import LATENT_CODECS, make_latent_codec
 from lsq.models.layers import GDN, conv, deconv
 from lsq.models.quality import MAX_QUALITY, MIN_QUALITY, QualityGains
 
@@ -40,10 +41,8 @@ class LsqHyperprior(nn.Module):
     def __init__(self, quantizer: str = "leech", N: int = 128, M: int = 192,
                  qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY),
                  proxy: str = "mixed", for_coding: bool = False, **codec_options) -> None:
-        if quantizer not in LATENT_CODECS:
-            raise ValueError(f"unknown quantizer {quantizer!r}; expected one of {QUANTIZERS}")
         super().__init__()
-        self.latent_codec = LATENT_CODECS[quantizer](M, proxy, **codec_options)
+        self.latent_codec = make_latent_codec(quantizer, M, proxy, **codec_options)
         self.quantizer, self.N, self.M = quantizer, N, M
         self.gains = QualityGains(M, *qualities)
         if for_coding:

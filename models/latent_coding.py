@@ -2,7 +2,9 @@
 integer network.
 
 The decoder must rebuild the encoder's probability models exactly, on any machine. So
-h_s runs as an integer network (Ballé et al. 2019 in spirit): weights and activations
+h_s (and any network that feeds the probability models, such as the channel-group
+transforms of ``latent_codecs.channel_groups``) runs as an integer network (Ballé et al.
+2019 in spirit): weights and activations
 are fixed-point integers held in float64, every partial sum is an integer below 2**53,
 hence exact whatever the summation order, BLAS or device. The latent codecs
 (``lsq.models.latent_codecs``) then quantize its outputs to table indices with comparisons
@@ -25,11 +27,15 @@ EXACT_LIMIT = 2.0**52
 
 
 @torch.no_grad()
-def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tensor:
-    """h_s(z_hat) in exact fixed point; float64 multiples of 2**-ACTIVATION_BITS."""
-    a = torch.round(z_hat.to(torch.float64) * 2**ACTIVATION_BITS)
+def integer_hyper_decode(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """net(x) in exact fixed point; float64 multiples of 2**-ACTIVATION_BITS.
+
+    ``net`` is h_s or any other Sequential of Conv2d, ConvTranspose2d and ReLU layers; x is
+    first rounded (half to even, deterministic) to the activation grid, so a float64 input
+    that both encoder and decoder hold bit-identical gives bit-identical outputs."""
+    a = torch.round(x.to(torch.float64) * 2**ACTIVATION_BITS)
     with torch.backends.cudnn.flags(enabled=False):
-        for layer in h_s:
+        for layer in net:
             if isinstance(layer, nn.ReLU):
                 a = a.clamp(min=0)
                 continue
@@ -41,7 +47,7 @@ def integer_hyper_decode(h_s: nn.Sequential, z_hat: torch.Tensor) -> torch.Tenso
             elif isinstance(layer, nn.Conv2d):
                 acc = F.conv2d(a, w, b, layer.stride, layer.padding)
             else:
-                raise TypeError(f"h_s layer {type(layer).__name__} has no integer form")
+                raise TypeError(f"layer {type(layer).__name__} has no integer form")
             if acc.numel() and float(acc.abs().max()) >= EXACT_LIMIT:
                 raise CorruptStreamError("integer hyper-decoder left the exact float64 range")
             a = torch.floor(acc / 2**WEIGHT_BITS)

@@ -63,6 +63,8 @@ class TrainConfig:
         default=False, metadata={"help": "leech: lattice anchored at the origin, not the mean"})
     proxy: str = dataclasses.field(
         default="mixed", metadata={"help": "training proxy: ste | noise | mixed"})
+    context: str = dataclasses.field(
+        default="none", metadata={"help": "context model: none | channel-groups"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total optimizer steps"})
     out: str = dataclasses.field(
         default="runs/train", metadata={"help": "run folder: log, checkpoint, final weights"})
@@ -122,7 +124,7 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
     (``data_given``: the caller hands the images over itself)."""
     from lsq.codec.quantizers import BLOCK, PROXIES
 
-    from .latent_codecs import LATENT_CODECS
+    from .latent_codecs import CONTEXTS, LATENT_CODECS
     from .quality import MAX_QUALITY, MIN_QUALITY
 
     problems = []
@@ -139,6 +141,8 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append("--default-quality must lie between --quality-min and --quality-max")
     if cfg.origin and cfg.quantizer != "leech":
         problems.append("--origin applies to the leech quantizer only")
+    if cfg.context not in CONTEXTS:
+        problems.append(f"unknown --context {cfg.context!r} (one of {', '.join(CONTEXTS)})")
     if cfg.proxy not in PROXIES:
         problems.append(f"unknown --proxy {cfg.proxy!r} (one of {', '.join(PROXIES)})")
     if cfg.M % BLOCK or cfg.M <= 0 or cfg.N <= 0:
@@ -250,7 +254,10 @@ def load_data(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray], str
 
 def codec_options(cfg: dict) -> dict:
     """Latent-codec options a run's config asks for (stored in the export's metadata)."""
-    return {"mean_shift": False} if cfg.get("origin") else {}
+    options: dict = {"mean_shift": False} if cfg.get("origin") else {}
+    if cfg.get("context", "none") != "none":  # older checkpoints have no context
+        options["context"] = cfg["context"]
+    return options
 
 
 def default_builder(cfg: dict) -> nn.Module:
@@ -541,9 +548,10 @@ def train(
         model.load_state_dict(load_state(cfg.init))
     if cfg.resume and checkpoint_exists(out_dir):
         state = load_checkpoint(out_dir)
-        for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin"):
-            if state["config"][key] != getattr(cfg, key):
-                raise ValueError(f"checkpoint in {out_dir} has {key}={state['config'][key]!r}, "
+        for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context"):
+            theirs = state["config"].get(key, getattr(TrainConfig, key))
+            if theirs != getattr(cfg, key):
+                raise ValueError(f"checkpoint in {out_dir} has {key}={theirs!r}, "
                                  f"this run {getattr(cfg, key)!r}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

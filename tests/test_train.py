@@ -218,13 +218,33 @@ def test_export_reloads_with_identical_outputs(data, tmp_path):
                                    rtol=0)
 
 
+def test_channel_groups_model_trains_exports_and_refuses_other_resume(data, tmp_path):
+    from lsq.models.hyperprior import build_model
+    from lsq.models.latent_codecs import ChannelGroupsLatentCodec
+
+    cfg = tiny_config(tmp_path, steps=2, M=48, quantizer="leech", context="channel-groups",
+                      quality_min=3, quality_max=3, batch=2)
+    tr.train(cfg, tiny_model, data)
+    with safe_open(str(tmp_path / tr.EXPORT_NAME), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+    assert meta["codec_options"] == {"context": "channel-groups"}
+    net = build_model(meta["family"], meta["N"], meta["M"], qualities=meta["qualities"],
+                      for_coding=True, **meta["codec_options"])
+    net.load_state_dict(load_file(str(tmp_path / tr.EXPORT_NAME)))
+    assert isinstance(net.latent_codec, ChannelGroupsLatentCodec)
+    with pytest.raises(ValueError, match="context"):
+        tr.train(dataclasses.replace(cfg, steps=3, context="none"), tiny_model, data)
+
+
 def test_command_line_parsing():
     cfg = tr.parse_args(["--quantizer", "leech", "--quality-min", "3", "--steps", "10",
                          "--out", "o", "--images", "a", "b", "--N", "64", "--no-resume",
-                         "--max-minutes", "25", "--bf16", "--origin"])
+                         "--max-minutes", "25", "--bf16", "--origin",
+                         "--context", "channel-groups"])
     assert (cfg.quantizer, cfg.quality_min, cfg.quality_max, cfg.steps, cfg.images, cfg.N,
             cfg.M, cfg.origin) == ("leech", 3, 8, 10, ["a", "b"], 64, 192, True)
     assert cfg.resume is False and cfg.bf16 is True and cfg.max_minutes == 25.0
+    assert cfg.context == "channel-groups" and tr.parse_args([]).context == "none"
     assert cfg.data is None and tr.parse_args([]).images == []
 
 
@@ -258,6 +278,7 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
     ({"quantizer": "bsq"}, "bsq is fixed-rate"),
     ({"origin": True}, "--origin applies to the leech quantizer only"),
     ({"proxy": "dither"}, "unknown --proxy 'dither'"),
+    ({"context": "spatial"}, "unknown --context 'spatial'"),
     ({"crop": 100}, "multiple of 64"),
     ({"M": 50}, "multiple of 24"),
     ({"default_quality": 7.5}, "--default-quality"),

@@ -1,6 +1,7 @@
 """Training throughput: images/s of the crop sampler alone and of full training steps.
 
-    python -m lsq.tools.bench_train --quantizer leech --batch 16 [--data SHARDS] [--ratio]
+    python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS]
+                                    [--context channel-groups] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
@@ -44,8 +45,8 @@ def bench(args: argparse.Namespace) -> dict:
         images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(64)]
     sampler = CropSampler(images, args.crop, device, 0.5, (0, 0))
     torch.manual_seed(0)
-    cfg = TrainConfig(quantizer=args.quantizer, N=args.N, M=args.M, batch=args.batch,
-                      crop=args.crop, channels_last=args.channels_last)
+    cfg = TrainConfig(quantizer=args.quantizer, context=args.context, N=args.N, M=args.M,
+                      batch=args.batch, crop=args.crop, channels_last=args.channels_last)
     model: nn.Module = default_builder(dataclasses.asdict(cfg)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -73,6 +74,7 @@ def bench(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_train", description=__doc__)
     parser.add_argument("--quantizer", default="scalar")
+    parser.add_argument("--context", default="none", help="none | channel-groups")
     parser.add_argument("--N", type=int, default=128)
     parser.add_argument("--M", type=int, default=192)
     parser.add_argument("--batch", type=int, default=16)
@@ -84,14 +86,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--ratio", action="store_true",
-                        help="also time scalar in the same run and print the step-time ratio")
+                        help="also time plain scalar in the same run and print the step-time "
+                             "ratio")
     args = parser.parse_args(argv)
     results = bench(args)
-    print(f"{args.quantizer} N={args.N} M={args.M} batch={args.batch} crop={args.crop} "
-          f"bf16={args.bf16} channels_last={args.channels_last}: "
+    print(f"{args.quantizer} context={args.context} N={args.N} M={args.M} batch={args.batch} "
+          f"crop={args.crop} bf16={args.bf16} channels_last={args.channels_last}: "
           + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
     if args.ratio:
-        scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar"}))
+        scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar",
+                                               "context": "none"}))
         print(f"scalar: train_step {scalar['train_step']:.0f} images/s; {args.quantizer} step "
               f"time / scalar step time = {scalar['train_step'] / results['train_step']:.2f}")
 

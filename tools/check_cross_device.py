@@ -10,7 +10,8 @@ give identical latents everywhere, or a stream would decode to garbage; that is 
 and any mismatch makes the exit status 1. The synthesis transform then runs in float64 on
 the decoding device; its pixels are compared and reported too. ``--untrained`` checks
 randomly initialised models of all four quantizers (seed 0, N=128, M=192) instead of the
-shipped ones, so that every coding path is covered whatever is shipped.
+shipped ones, and a channel-groups Leech model (``context="channel-groups"``), so that every
+coding path is covered whatever is shipped.
 """
 
 from __future__ import annotations
@@ -57,17 +58,24 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
                 for i, shape in enumerate(header.latent_shapes)]
 
 
+#: (name suffix, quantizer, codec options) of the untrained models: every quantizer, and
+#: Leech inside the channel-groups context model (whose group transforms are integer networks).
+UNTRAINED = [(q, q, {}) for q in LATENT_CODECS] + [
+    ("leech-channel-groups", "leech", {"context": "channel-groups"})]
+
+
 def write_untrained(folder: Path) -> None:
     """Randomly initialised models of every quantizer, as a weights folder for the registry."""
-    for quantizer in LATENT_CODECS:
+    for suffix, quantizer, codec_options in UNTRAINED:
         torch.manual_seed(0)
         qualities = (4, 4) if quantizer == "bsq" else (1, 8)
-        net = build_model(quantizer, qualities=qualities)
+        net = build_model(quantizer, qualities=qualities, **codec_options)
         net.update(force=True)
-        name = f"untrained-{quantizer}"
+        name = f"untrained-{suffix}"
         config = dict(name=name, family=quantizer, qualities=list(qualities),
                       default_quality=4.5 if qualities[0] < qualities[1] else qualities[0],
-                      N=net.N, M=net.M, command="check_cross_device --untrained")
+                      codec_options=codec_options, N=net.N, M=net.M,
+                      command="check_cross_device --untrained")
         weights_file.save(net.state_dict(), folder / f"{name}.safetensors", config, half=False)
     (folder / "registry.json").write_text(json.dumps({"default": "untrained-leech"}))
 
@@ -92,7 +100,7 @@ def main() -> None:
     if not paths or not names:
         sys.exit(f"nothing to check: {len(paths)} images in {args.dataset}, models {names}")
     print(f"configurations: {', '.join(configs)}; torch {torch.__version__}")
-    print(f"{'image':<12} {'model':<26} {'encoded':<8} {'decoded':<8} "
+    print(f"{'image':<12} {'model':<32} {'encoded':<8} {'decoded':<8} "
           f"{'latents':<10} {'pixels differing':>16} {'max |diff|':>10}")
     mismatches = 0
     for path in paths:
@@ -111,7 +119,7 @@ def main() -> None:
                                for a, b in zip(latents, reference_latents, strict=True))
                     mismatches += not same
                     diff = np.abs(pixels - reference_pixels)
-                    print(f"{path.stem:<12} {name:<26} {enc_device:<8} {config:<8} "
+                    print(f"{path.stem:<12} {name:<32} {enc_device:<8} {config:<8} "
                           f"{'identical' if same else 'DIFFER':<10} {int((diff > 0).sum()):>16} "
                           f"{int(diff.max()):>10}")
     print(f"latent mismatches: {mismatches}")

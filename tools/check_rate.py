@@ -27,6 +27,7 @@ from lsq.codec.entropy_coding import Encoder, LeechCoder
 from lsq.codec.lattice_prior import leech_log_prob
 from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, to_blocks
 from lsq.models import latent_coding, registry
+from lsq.models.latent_codecs import LeechLatentCodec
 
 GROUPS = ((0.0, 4.0), (4.0, 6.0), (6.0, math.inf))
 
@@ -41,8 +42,9 @@ def main() -> None:
     config = registry.get_config(args.model or registry.default_name())
     net = registry.load(config["name"], "cpu").eval()
     quality = net.gains.check(registry.pick_quality(config, args.quality))
-    if net.quantizer != "leech":
-        sys.exit(f"check_rate measures Leech models; this one is {net.quantizer}")
+    if not isinstance(net.latent_codec, LeechLatentCodec):  # a context model codes per group
+        sys.exit(f"check_rate measures plain Leech models; this one is {net.quantizer} "
+                 f"({type(net.latent_codec).__name__})")
     paths = sorted(args.dataset.glob("*.png"))[: args.images]
     if not paths:
         sys.exit(f"no PNG images in {args.dataset}")

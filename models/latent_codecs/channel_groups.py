@@ -1,0 +1,105 @@
+"""A channel-conditional entropy model around any latent codec (Minnen & Singh 2020,
+"Channel-wise autoregressive entropy models"; ELIC's uneven groups, He et al. 2022).
+
+The latent y (M channels) is cut into groups of whole 24-channel blocks, by default each
+group as large as all earlier ones together (M = 192: 24, 24, 48, 96), so that the first,
+best-predicted channels get their own small groups. Group k is coded by its own inner codec
+of the chosen kind (scalar, leech, ...), whose hyper parameters come from group transform k
+applied to concat(hyper features, y_hat of the groups before k). There is no spatial
+autoregression: every position of a group is coded at once, so decoding runs one small
+network per group, not one per position.
+
+Training: the transforms see the inner codecs' training reconstructions of earlier groups,
+as in CompressAI's ``ChannelGroupsLatentCodec``. Coding: they run as integer networks
+(``latent_coding.integer_hyper_decode``) on the bit-exact float64 y_hat of earlier groups,
+so encoder and decoder derive the same tables on any machine and thread count; all groups
+go into one range-coder stream, in group order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import accumulate
+
+import torch
+from torch import nn
+
+from lsq.codec.entropy_coding import Decoder, Encoder
+from lsq.codec.quantizers import BLOCK
+from lsq.models import latent_coding
+from lsq.models.latent_codecs.base import LatentCodec
+from lsq.models.layers import conv
+
+
+def default_groups(M: int) -> tuple[int, ...]:
+    """Each group as large as all earlier ones together, the last cut to what is left:
+    (24, 24, 48, 96) for M = 192, (24, 24) for M = 48."""
+    blocks, groups = M // BLOCK, []
+    while sum(groups) < blocks:
+        groups.append(min(max(sum(groups), 1), blocks - sum(groups)))
+    return tuple(BLOCK * g for g in groups)
+
+
+def group_transform(in_channels: int, out_channels: int) -> nn.Sequential:
+    """A 3x3 convolution (it sees the earlier groups' neighbours too), then two 1x1 ones as
+    ELIC's parameter aggregation. Only convolutions and ReLU: its integer form is exact."""
+    hidden = (in_channels + out_channels) // 2
+    return nn.Sequential(
+        conv(in_channels, hidden, kernel_size=3, stride=1), nn.ReLU(inplace=True),
+        conv(hidden, hidden, kernel_size=1, stride=1), nn.ReLU(inplace=True),
+        conv(hidden, out_channels, kernel_size=1, stride=1),
+    )
+
+
+class ChannelGroupsLatentCodec(LatentCodec):
+    """Groups of channels, each coded by an instance of ``codec`` conditioned on the earlier
+    groups. ``params`` = hyper features: as many channels as the inner codecs read together,
+    so the hyper-decoder has the size it has without the context model."""
+
+    def __init__(self, codec: type[LatentCodec], M: int, proxy: str = "mixed",
+                 groups: Sequence[int] | None = None, **options) -> None:
+        super().__init__(M, proxy)
+        groups = tuple(default_groups(M) if groups is None else groups)
+        if sum(groups) != M or any(g <= 0 or g % BLOCK for g in groups):
+            raise ValueError(f"groups {list(groups)} must be positive multiples of {BLOCK} "
+                             f"adding up to M = {M}")
+        self.groups = groups
+        self.variable_rate = codec.variable_rate
+        self.codecs = nn.ModuleList(codec(g, proxy, **options) for g in groups)
+        self.features = sum(c.hyper_channels for c in self.codecs)
+        self.transforms = nn.ModuleList(
+            group_transform(self.features + before, c.hyper_channels)
+            for before, c in zip(accumulate(groups[:-1], initial=0), self.codecs, strict=True))
+
+    @property
+    def hyper_channels(self) -> int:
+        return self.features
+
+    def update(self) -> None:
+        for codec in self.codecs:
+            codec.update()
+
+    def forward(self, y: torch.Tensor, params: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Group by group; the likelihoods of each kind are concatenated over the groups in
+        channel order, so they have the shapes the inner codec gives for all of y."""
+        y_hats: list[torch.Tensor] = []
+        likelihoods: dict[str, list[torch.Tensor]] = {}
+        for y_k, codec, transform in zip(y.split(self.groups, 1), self.codecs, self.transforms,
+                                         strict=True):
+            y_hat, lik = codec(y_k, transform(torch.cat([params, *y_hats], 1)).float())
+            y_hats.append(y_hat)
+            for key, value in lik.items():
+                likelihoods.setdefault(key, []).append(value)
+        return torch.cat(y_hats, 1), {k: torch.cat(v, 1) for k, v in likelihoods.items()}
+
+    def code(self, params: torch.Tensor, enc: Encoder | None = None,
+             dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        y_groups = y.split(self.groups, 0) if y is not None else (None,) * len(self.groups)
+        y_hats: list[torch.Tensor] = []
+        for y_k, codec, transform in zip(y_groups, self.codecs, self.transforms, strict=True):
+            context = torch.cat([params.to(torch.float64),
+                                 *(h.to(params.device) for h in y_hats)], 0)
+            group_params = latent_coding.integer_hyper_decode(transform, context[None])[0]
+            y_hats.append(codec.code(group_params, enc=enc, dec=dec, y=y_k))
+        return torch.cat(y_hats, 0)

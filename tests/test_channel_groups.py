@@ -1,0 +1,132 @@
+"""The channel-groups context model: exact coding with every inner codec, training forward,
+its integer group transforms, and weights that survive the registry."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsq.codec.entropy_coding import Encoder
+from lsq.models import latent_coding, registry, weights_file
+from lsq.models.hyperprior import build_model
+from lsq.models.latent_codecs import ChannelGroupsLatentCodec, make_latent_codec
+from lsq.models.latent_codecs.channel_groups import default_groups
+
+CONTEXT = {"context": "channel-groups"}
+Q = 2.671875  # a multiple of 1/256
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 128)
+    return torch.nn.functional.avg_pool2d(x, 5, 1, 2)
+
+
+def coded_model(quantizer: str, M: int = 72, seed: int = 1):
+    torch.manual_seed(seed)
+    model = build_model(quantizer, N=16, M=M, **CONTEXT).eval()
+    with torch.no_grad():  # spread the gains so that the latents are not all zero
+        model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
+    model.update(force=True)
+    return model
+
+
+def encoder_side(model, image: torch.Tensor, q: float) -> torch.Tensor:
+    """What the encoder quantized, times the inverse gain."""
+    y = model.g_a(image) * model.gains.coding(q).float()
+    _, z_hat = latent_coding.encode_z(model.entropy_bottleneck, model.h_a(y)[0])
+    params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
+    y_hat = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
+    return y_hat * model.gains.coding(q, inverse=True)
+
+
+def test_default_groups_and_bad_options() -> None:
+    assert default_groups(192) == (24, 24, 48, 96)
+    assert default_groups(48) == (24, 24)
+    assert default_groups(72) == (24, 24, 24)
+    assert default_groups(312) == (24, 24, 48, 96, 120)
+    codec = make_latent_codec("leech", 96, groups=[24, 72], **CONTEXT)
+    assert isinstance(codec, ChannelGroupsLatentCodec) and codec.groups == (24, 72)
+    assert codec.hyper_channels == 2 * 96
+    with pytest.raises(ValueError, match="multiples of 24"):
+        make_latent_codec("leech", 96, groups=[24, 48], **CONTEXT)
+    with pytest.raises(ValueError, match="context model"):
+        make_latent_codec("leech", 96, context="checkerboard")
+    with pytest.raises(TypeError, match="mean_shift"):
+        make_latent_codec("scalar", 48, mean_shift=False, **CONTEXT)
+
+
+@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
+def test_round_trip_is_exact_and_thread_independent(quantizer: str, image: torch.Tensor) -> None:
+    model = coded_model(quantizer)
+    with torch.no_grad():
+        coded = model.compress(image, Q)
+        first = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
+        again = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one_thread = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
+        finally:
+            torch.set_num_threads(threads)
+        reference = encoder_side(model, image, Q)
+        x_hat = model.decompress(coded["strings"], coded["shape"], Q)["x_hat"]
+    assert first.dtype == torch.float64 and first.shape == (72, 4, 8)
+    assert torch.equal(first, again) and torch.equal(first, one_thread)
+    assert torch.equal(first, reference)
+    assert first.abs().sum() > 0 and x_hat.shape == image.shape
+
+
+@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
+def test_training_forward_reaches_the_group_transforms(quantizer: str,
+                                                      image: torch.Tensor) -> None:
+    torch.manual_seed(2)
+    image = image[:, :, :, :64]
+    model = build_model(quantizer, N=16, M=72, **CONTEXT).train()
+    out = model(image.expand(2, -1, -1, -1), torch.tensor([1.5, 7.25]))
+    plain = build_model(quantizer, N=16, M=72)(image, 3.0)
+    assert {k: v.shape[1:] for k, v in out["likelihoods"].items()} == {
+        k: v.shape[1:] for k, v in plain["likelihoods"].items()}
+    bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+    assert torch.isfinite(bits) and bits > 0
+    (bits + ((out["x_hat"] - image) ** 2).mean()).backward()
+    for transform in model.latent_codec.transforms:
+        grads = [p.grad for p in transform.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_integer_group_transform_matches_its_float_form() -> None:
+    torch.manual_seed(3)
+    codec = make_latent_codec("leech", 72, **CONTEXT)
+    transform = codec.transforms[2]
+    features = torch.round(torch.randn(1, codec.hyper_channels, 5, 7) * 2**8) / 2**8
+    y_hat = torch.randn(1, 48, 5, 7, dtype=torch.float64) * 3
+    x = torch.cat([features.double(), y_hat], 1)
+    exact = latent_coding.integer_hyper_decode(transform, x)
+    with torch.no_grad():
+        approx = transform(x.float())
+    scaled = exact * 2**latent_coding.ACTIVATION_BITS
+    assert torch.equal(scaled, torch.round(scaled))
+    assert (exact.float() - approx).abs().max() < 0.05
+
+
+def test_weights_round_trip_through_the_registry(tmp_path: Path, image: torch.Tensor,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = coded_model("leech", M=48)
+    config = dict(name="tiny-leech-ctx", family="leech", qualities=[1, 8], default_quality=4,
+                  codec_options=CONTEXT, N=16, M=48, command="tests/test_channel_groups.py")
+    path = weights_file.save(trained.state_dict(), tmp_path / "tiny-leech-ctx.safetensors",
+                             config)
+    (tmp_path / "registry.json").write_text(json.dumps({"default": "tiny-leech-ctx"}))
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(tmp_path))
+    coding = registry.load("tiny-leech-ctx")
+    assert isinstance(coding.latent_codec, ChannelGroupsLatentCodec)
+    reference = build_model("leech", N=16, M=48, **CONTEXT).eval()
+    reference.load_state_dict(weights_file.load_state(path))  # the same fp16-rounded weights
+    a, b = reference.compress(image, Q), coding.compress(image, Q)
+    assert a["strings"] == b["strings"]
+    assert torch.equal(reference.decompress_latents(a["strings"], a["shape"], Q)[0],
+                       coding.decompress_latents(b["strings"], b["shape"], Q)[0])
