@@ -130,6 +130,11 @@ def scale_index(sigma: np.ndarray, tab: tables.Tables) -> np.ndarray:
     return np.searchsorted(tab.bounds, np.asarray(sigma, np.float64)).astype(np.int64)
 
 
+def mean_index(mean: np.ndarray) -> np.ndarray:
+    """Lattice means (integer frame) rounded to 1 / MEAN_GRID units, as the coders take them."""
+    return np.floor(mean * tables.MEAN_GRID + 0.5).astype(np.int64)
+
+
 # ---------------------------------------------------------------- Leech lattice points
 
 

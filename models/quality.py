@@ -67,26 +67,23 @@ class QualityGains(nn.Module):
         """n qualities drawn uniformly over the model's range (training)."""
         return self.low + (self.high - self.low) * torch.rand(n, device=device)
 
-    def _weights(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _interpolate(self, table: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Rows (B, M) of ``table`` (one per integer quality) interpolated linearly at q (B,),
+        in ``table``'s dtype; for a quality that is a multiple of 1/256 the weights are exact."""
         lo = (q.floor().clamp(self.low, max(self.high - 1, self.low)) - self.low).long()
         hi = (lo + 1).clamp(max=self.high - self.low)
-        return lo, hi, (q - self.low - lo).to(torch.float32)
+        t = (q - self.low - lo).to(table.dtype)[:, None]
+        return table[lo] * (1 - t) + table[hi] * t
 
     def forward(self, q: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """Gains (B, M, 1, 1) for qualities q (B,), differentiable (training)."""
         gains = (self.log_inv_gain if inverse else self.log_gain).exp()
-        lo, hi, t = self._weights(q)
-        t = t[:, None]
-        return (gains[lo] * (1 - t) + gains[hi] * t)[:, :, None, None]
+        return self._interpolate(gains, q)[:, :, None, None]
 
     def coding(self, q: float, inverse: bool = False) -> torch.Tensor:
         """Frozen gains (M, 1, 1) in float64 on the CPU for a snapped quality q."""
         table = (self.coding_inv_gain if inverse else self.coding_gain).to("cpu", torch.float64)
-        steps = round((q - self.low) * QUALITY_STEPS)
-        lo = min(steps // QUALITY_STEPS, max(self.high - self.low - 1, 0))
-        hi = min(lo + 1, self.high - self.low)
-        t = (steps - lo * QUALITY_STEPS) / QUALITY_STEPS  # exact: a multiple of 1/256
-        return (table[lo] * (1 - t) + table[hi] * t)[:, None, None]
+        return self._interpolate(table, torch.tensor([q], dtype=torch.float64))[0, :, None, None]
 
     def update(self) -> None:
         self.coding_gain.copy_(self.log_gain.detach().exp())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lsq.codec import leech, tables
-from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
+from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, mean_index, scale_index
 from lsq.codec.shell_coding import ShellCoder
 
 
@@ -26,7 +26,7 @@ def _leech_case(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
     sigma = np.exp(rng.uniform(math.log(0.3), math.log(30), (n, 24)))
     mean = rng.normal(0, 3, (n, 24))
     scale = scale_index(sigma, tables.theta_tables())
-    mean_q = np.floor(mean * tables.MEAN_GRID + 0.5).astype(np.int64)
+    mean_q = mean_index(mean)
     y = mean_q / tables.MEAN_GRID + tables.THETA_SCALES[scale] * rng.normal(size=(n, 24))
     return leech.nearest(torch.from_numpy(y)).numpy(), scale, mean_q
 
@@ -37,7 +37,7 @@ def _shell_case(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
     mean = u * math.sqrt(32) / np.linalg.norm(u, axis=1, keepdims=True)
     mean += 0.5 * rng.normal(size=(n, 24))
     scale = scale_index(sigma, tables.theta_tables())
-    mean_q = np.floor(mean * tables.MEAN_GRID + 0.5).astype(np.int64)
+    mean_q = mean_index(mean)
     y = torch.from_numpy(mean + 0.3 * rng.normal(size=(n, 24)))
     return leech.nearest_shell(y)[1].numpy(), scale, mean_q
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lsq.codec import tables
-from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
+from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, mean_index, scale_index
 from lsq.codec.lattice_prior import leech_log_prob, leech_log_prob_centred
 from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, LeechQuantizer, from_blocks, to_blocks
 from lsq.models.latent_codecs.base import SCALE_BOUND, LatentCodec, as_numpy, spread
@@ -63,7 +63,7 @@ class LeechLatentCodec(LatentCodec):
         s = scale_index(scales.clip(min=SCALE_BOUND) / LEECH_UNIT_STEP, tables.theta_tables())
         if self.mean_shift:
             return s, np.zeros_like(s)
-        return s, np.floor(means / LEECH_UNIT_STEP * tables.MEAN_GRID + 0.5).astype(np.int64)
+        return s, mean_index(means / LEECH_UNIT_STEP)
 
     def anchor(self, params: torch.Tensor) -> torch.Tensor:
         """Blocks (n, 24) of the point the lattice is anchored at, float64 on the CPU."""

@@ -36,8 +36,8 @@ class ScalarLatentCodec(LatentCodec):
         quantizer = ScalarQuantizer()
         mean_t = torch.from_numpy(means).reshape(self.M, *params.shape[1:])
         if enc is not None:
-            enc.table_offsets(quantizer.symbols(y, mean_t).reshape(-1).numpy(), rows, gauss)
             symbols = quantizer.symbols(y, mean_t)
+            enc.table_offsets(symbols.reshape(-1).numpy(), rows, gauss)
         else:
             symbols = torch.from_numpy(dec.table_offsets(rows, gauss)).reshape(mean_t.shape)
         return quantizer.reconstruct(symbols, mean_t)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lsq.codec import tables
-from lsq.codec.entropy_coding import Decoder, Encoder, scale_index
+from lsq.codec.entropy_coding import Decoder, Encoder, mean_index, scale_index
 from lsq.codec.quantizers import BLOCK, SphericalLeechQuantizer, from_blocks, to_blocks
 from lsq.codec.shell_coding import ShellCoder
 from lsq.codec.shell_prior import shell_log_prob
@@ -64,7 +64,7 @@ class SphericalLeechLatentCodec(LatentCodec):
         params = params.to(torch.float64).cpu()
         scales, means = as_numpy(_blocks(params[:m])), as_numpy(_blocks(params[m : 2 * m]))
         s = scale_index(scales.clip(min=SCALE_BOUND), tables.theta_tables())
-        mq = np.floor(means * tables.MEAN_GRID + 0.5).astype(np.int64)
+        mq = mean_index(means)
         gain_scale = as_numpy(params[2 * m : 2 * m + k]).reshape(-1)
         gain_mean = as_numpy(params[2 * m + k :]).reshape(-1)
         gauss = tables.gauss_tables()
