@@ -83,12 +83,12 @@ class LsqHyperprior(nn.Module):
         """nn.Module's, after sizing the bottleneck's CDF buffers to the stored ones, as
         CompressAI's CompressionModel does."""
         eb = self.entropy_bottleneck
-        if not isinstance(eb, BottleneckTables):
-            for name in ("_quantized_cdf", "_offset", "_cdf_length"):
-                stored = state_dict.get(f"entropy_bottleneck.{name}")
-                if stored is not None:
-                    eb.register_buffer(name, torch.zeros_like(stored, device=getattr(
-                        eb, name).device))
+        if not isinstance(eb, BottleneckTables) and "entropy_bottleneck._offset" in state_dict:
+            from compressai.models.utils import update_registered_buffers
+
+            update_registered_buffers(eb, "entropy_bottleneck",
+                                      ["_quantized_cdf", "_offset", "_cdf_length"], state_dict,
+                                      policy="resize")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor, quality: torch.Tensor | float | None = None) -> dict:
