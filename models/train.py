@@ -86,6 +86,9 @@ class TrainConfig:
     lr_drop_minutes: float | None = dataclasses.field(
         default=None, metadata={"help": "also divide lr by 10 after this many minutes of this "
                                         "process (time-bounded GPU sessions)"})
+    warmup_steps: int = dataclasses.field(
+        default=0, metadata={"help": "raise lr linearly over this many steps of this process "
+                                     "(a fresh optimizer on --init weights)"})
     clip: float = dataclasses.field(default=1.0, metadata={"help": "gradient-norm clip, 0: off"})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed"})
     log_every: int = dataclasses.field(default=100, metadata={"help": "steps per log line"})
@@ -149,6 +152,8 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append(f"--M must be a positive multiple of {BLOCK} and --N positive")
     if cfg.crop % 64 or cfg.crop <= 0 or cfg.batch <= 0 or cfg.steps <= 0:
         problems.append("--crop must be a positive multiple of 64; --batch and --steps positive")
+    if cfg.warmup_steps < 0:
+        problems.append("--warmup-steps must be >= 0")
     if not (cfg.data or cfg.images or data_given):
         problems.append("give --data (a shard folder) or --images (image folders)")
     if cfg.init and not Path(cfg.init).is_file():
@@ -511,6 +516,23 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, dynamic_ncols=True)
 
 
+def warm_start(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[str]:
+    """Load exported weights (a file or a state dict). A context model may start from its
+    hyperprior version, whose weights lack only the latent codec's group transforms: those
+    start fresh. Returns the modules that did, as parameter prefixes."""
+    from .weights_file import WeightsFileError, load_state
+
+    try:
+        state = load_state(init) if isinstance(init, str) else init
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (WeightsFileError, RuntimeError) as e:  # RuntimeError: same names, other shapes
+        raise ConfigError(f"--init does not fit this model: {str(e)[:300]}") from None
+    if unexpected or any(not k.startswith("latent_codec.") for k in missing):
+        raise ConfigError(f"--init does not fit this model: missing {missing[:4]}, "
+                          f"unexpected {unexpected[:4]}")
+    return sorted({".".join(k.split(".")[:3]) for k in missing})
+
+
 def train(
     cfg: TrainConfig,
     build_model: ModelBuilder | None = None,
@@ -543,9 +565,9 @@ def train(
     step, elapsed_before = 0, 0.0
     _seed_everything(cfg.seed, rank, 0)
     if cfg.init and not (cfg.resume and checkpoint_exists(out_dir)):
-        from .weights_file import load_state
-
-        model.load_state_dict(load_state(cfg.init))
+        fresh = warm_start(model, cfg.init)
+        if is_main and fresh:
+            print(f"[train] --init {cfg.init}: {', '.join(fresh)} start fresh", flush=True)
     if cfg.resume and checkpoint_exists(out_dir):
         state = load_checkpoint(out_dir)
         for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context"):
@@ -612,10 +634,13 @@ def train(
     last_log_step, last_record, last_val = step, {}, {}
     check_every = 1 if world == 1 else 20
     model.train()
+    first_step = step
     while step < end:
         late = (cfg.lr_drop_minutes is not None
                 and time.monotonic() - t_start >= cfg.lr_drop_minutes * 60)
         lr = cfg.lr * (0.1 if step >= drop_step or late else 1.0)
+        if step - first_step < cfg.warmup_steps:
+            lr *= (step - first_step + 1) / cfg.warmup_steps
         for group in opt.param_groups:
             group["lr"] = lr
         x = sampler.sample(cfg.batch)

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# One GPU session of training (issue 12's plan): the variable-rate leech and scalar models in
-# the background, sharing one GPU, each with its own stop time. A run resumes from
-# RUNS_DIR/<name> if a checkpoint is there, else from the shipped weights (--init: fresh
-# optimizer). Collect with models/collect_session.sh after at most 9.5 minutes, every call.
+# One GPU session of training (issue 12's plan): variable-rate models in the background,
+# sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...) or
+# QUANTIZER-cg for its channel-groups context model. A run resumes from RUNS_DIR/<name> if a
+# checkpoint is there, else from the shipped models/weights/NAME.safetensors, else (-cg) from
+# the shipped hyperprior version's weights (--init: fresh optimizer, fresh group transforms).
+# Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME...]
 set -euo pipefail
 data=$1 runs=$2 minutes=$3 drop=$4
 shift 4
-names=("${@:-leech scalar}")
+(($#)) || set -- leech scalar
 mkdir -p "$runs"
-for name in ${names[*]}; do
+for name in "$@"; do
+  quantizer=${name%-cg} context=()
+  [[ $name == *-cg ]] && context=(--context channel-groups)
   init=()
-  [[ -f "models/weights/$name.safetensors" ]] && init=(--init "models/weights/$name.safetensors")
+  for weights in "models/weights/$name.safetensors" "models/weights/$quantizer.safetensors"; do
+    [[ -f $weights ]] && { init=(--init "$weights" --warmup-steps 500); break; }
+  done
   OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
-    --quantizer "$name" --data "$data" --batch 16 --crop 256 --lr 2e-4 --seed 0 \
-    --ckpt-minutes 2 --log-every 200 --val-every 1000 --steps 150000 --default-quality 2.75 \
-    --max-minutes "$minutes" --lr-drop-minutes "$drop" "${init[@]}" \
+    --quantizer "$quantizer" "${context[@]}" --data "$data" --batch 16 --crop 256 --lr 2e-4 \
+    --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 --steps 150000 \
+    --default-quality 2.75 --max-minutes "$minutes" --lr-drop-minutes "$drop" "${init[@]}" \
     >"$runs/$name.log" 2>&1 < /dev/null &
 done

@@ -11,7 +11,8 @@ from lsq.codec.entropy_coding import Encoder
 from lsq.models import latent_coding, registry, weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ChannelGroupsLatentCodec, make_latent_codec
-from lsq.models.latent_codecs.channel_groups import default_groups
+from lsq.models.latent_codecs.channel_groups import default_groups, group_slices
+from lsq.models.train import warm_start
 
 CONTEXT = {"context": "channel-groups"}
 Q = 2.671875  # a multiple of 1/256
@@ -29,6 +30,8 @@ def coded_model(quantizer: str, M: int = 72, seed: int = 1):
     model = build_model(quantizer, N=16, M=M, **CONTEXT).eval()
     with torch.no_grad():  # spread the gains so that the latents are not all zero
         model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
+        for transform in model.latent_codec.transforms:  # zero at first: make them matter
+            torch.nn.init.normal_(transform[-1].weight, std=0.05)
     model.update(force=True)
     return model
 
@@ -40,6 +43,37 @@ def encoder_side(model, image: torch.Tensor, q: float) -> torch.Tensor:
     params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
     y_hat = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
     return y_hat * model.gains.coding(q, inverse=True)
+
+
+def test_group_slices_pick_each_groups_own_parameters() -> None:
+    # M = 72 in groups (24, 48), planes (24, 24): scales at 0..71, means at 72..143
+    first, second = group_slices((24, 24), (24, 48))
+    assert first.tolist() == [*range(24), *range(72, 96)]
+    assert second.tolist() == [*range(24, 72), *range(96, 144)]
+    # the first-shell codec adds one gain scale and one gain mean per block
+    first, second = group_slices((24, 24, 1, 1), (24, 48))
+    assert first.tolist() == [*range(24), *range(72, 96), 144, 147]
+    assert second.tolist() == [*range(24, 72), *range(96, 144), 145, 146, 148, 149]
+
+
+@pytest.mark.parametrize("quantizer", ["scalar", "leech"])
+def test_starts_as_its_hyperprior_version(quantizer: str, image: torch.Tensor) -> None:
+    """Untrained group transforms add nothing, so the context model warm-started from a
+    hyperprior model's weights codes the same symbols, and only the transforms are fresh."""
+    torch.manual_seed(4)
+    plain = build_model(quantizer, N=16, M=72).eval()
+    with torch.no_grad():
+        plain.gains.log_gain.add_(2.0)
+    plain.update(force=True)
+    context = build_model(quantizer, N=16, M=72, **CONTEXT).eval()
+    fresh = warm_start(context, plain.state_dict())
+    assert fresh == [f"latent_codec.transforms.{k}" for k in range(3)]
+    context.update(force=True)
+    a, b = plain.compress(image, Q), context.compress(image, Q)
+    assert torch.equal(plain.decompress_latents(a["strings"], a["shape"], Q)[0],
+                       context.decompress_latents(b["strings"], b["shape"], Q)[0])
+    with pytest.raises(ValueError, match="does not fit"):
+        warm_start(build_model(quantizer, N=16, M=48, **CONTEXT), plain.state_dict())
 
 
 def test_default_groups_and_bad_options() -> None:

@@ -283,6 +283,7 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
     ({"M": 50}, "multiple of 24"),
     ({"default_quality": 7.5}, "--default-quality"),
     ({"init": "/nonexistent/w.safetensors"}, "no such file"),
+    ({"warmup_steps": -1}, "--warmup-steps"),
 ])
 def test_bad_configurations_are_refused_before_training(tmp_path, change, message):
     cfg = tiny_config(tmp_path / "run", data=str(tmp_path), **change)

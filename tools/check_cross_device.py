@@ -70,6 +70,8 @@ def write_untrained(folder: Path) -> None:
         torch.manual_seed(0)
         qualities = (4, 4) if quantizer == "bsq" else (1, 8)
         net = build_model(quantizer, qualities=qualities, **codec_options)
+        for transform in getattr(net.latent_codec, "transforms", ()):  # zero at first
+            torch.nn.init.normal_(transform[-1].weight, std=0.02)
         net.update(force=True)
         name = f"untrained-{suffix}"
         config = dict(name=name, family=quantizer, qualities=list(qualities),

@@ -59,6 +59,9 @@ class LatentCodec(nn.Module):
     name: str = ""
     #: Whether quality gains change the rate (False: the codec ships as fixed-rate models).
     variable_rate: bool = True
+    #: ``params`` per 24-channel block, plane by plane: (24, 24) = a scale and a mean per
+    #: channel. Each plane is laid out block after block (``params[:M]`` = all the scales).
+    planes: tuple[int, ...] = ()
 
     def __init__(self, M: int, proxy: str = "mixed") -> None:
         if M % BLOCK:
@@ -71,7 +74,7 @@ class LatentCodec(nn.Module):
     @property
     def hyper_channels(self) -> int:
         """Channels of the hyper-decoder output this codec reads."""
-        raise NotImplementedError
+        return self.M // BLOCK * sum(self.planes)
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

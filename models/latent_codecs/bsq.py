@@ -20,11 +20,8 @@ class BSQLatentCodec(LatentCodec):
     """
 
     name = "bsq"
+    planes = (24,)
     variable_rate = False
-
-    @property
-    def hyper_channels(self) -> int:
-        return self.M
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -4,8 +4,10 @@
 The latent y (M channels) is cut into groups of whole 24-channel blocks, by default each
 group as large as all earlier ones together (M = 192: 24, 24, 48, 96), so that the first,
 best-predicted channels get their own small groups. Group k is coded by its own inner codec
-of the chosen kind (scalar, leech, ...), whose hyper parameters come from group transform k
-applied to concat(hyper features, y_hat of the groups before k). There is no spatial
+of the chosen kind (scalar, leech, ...). Its hyper parameters are the hyperprior's own for
+those channels plus a correction: group transform k applied to concat(hyper features, y_hat
+of the groups before k). The transforms' last layers start at zero, so an untrained context
+model codes exactly as its hyperprior version and can start from its weights. There is no spatial
 autoregression: every position of a group is coded at once, so decoding runs one small
 network per group, not one per position.
 
@@ -51,10 +53,23 @@ def group_transform(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def group_slices(planes: Sequence[int], groups: Sequence[int]) -> list[torch.Tensor]:
+    """For each group, the channels of the hyperprior's ``params`` (``planes`` per block, each
+    plane laid out over all blocks) that hold that group's parameters, plane by plane."""
+    blocks = sum(groups) // BLOCK
+    plane_start = list(accumulate((blocks * p for p in planes[:-1]), initial=0))
+    slices = []
+    for first, n in zip(accumulate((g // BLOCK for g in groups[:-1]), initial=0),
+                        (g // BLOCK for g in groups), strict=True):
+        slices.append(torch.cat([torch.arange(start + p * first, start + p * (first + n))
+                                 for start, p in zip(plane_start, planes, strict=True)]))
+    return slices
+
+
 class ChannelGroupsLatentCodec(LatentCodec):
     """Groups of channels, each coded by an instance of ``codec`` conditioned on the earlier
-    groups. ``params`` = hyper features: as many channels as the inner codecs read together,
-    so the hyper-decoder has the size it has without the context model."""
+    groups. ``params`` = the hyperprior's parameters for all of y, in the inner codec's
+    layout, so the hyper-decoder is the one of the model without the context model."""
 
     def __init__(self, codec: type[LatentCodec], M: int, proxy: str = "mixed",
                  groups: Sequence[int] | None = None, **options) -> None:
@@ -70,6 +85,15 @@ class ChannelGroupsLatentCodec(LatentCodec):
         self.transforms = nn.ModuleList(
             group_transform(self.features + before, c.hyper_channels)
             for before, c in zip(accumulate(groups[:-1], initial=0), self.codecs, strict=True))
+        for transform in self.transforms:
+            nn.init.zeros_(transform[-1].weight)
+            nn.init.zeros_(transform[-1].bias)
+        for k, index in enumerate(group_slices(codec.planes, groups)):
+            self.register_buffer(f"slice_{k}", index, persistent=False)
+
+    def _own(self, params: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+        """The hyperprior's parameters of group k."""
+        return params.index_select(dim, getattr(self, f"slice_{k}").to(params.device))
 
     @property
     def hyper_channels(self) -> int:
@@ -85,9 +109,10 @@ class ChannelGroupsLatentCodec(LatentCodec):
         channel order, so they have the shapes the inner codec gives for all of y."""
         y_hats: list[torch.Tensor] = []
         likelihoods: dict[str, list[torch.Tensor]] = {}
-        for y_k, codec, transform in zip(y.split(self.groups, 1), self.codecs, self.transforms,
-                                         strict=True):
-            y_hat, lik = codec(y_k, transform(torch.cat([params, *y_hats], 1)).float())
+        for k, (y_k, codec, transform) in enumerate(zip(y.split(self.groups, 1), self.codecs,
+                                                        self.transforms, strict=True)):
+            correction = transform(torch.cat([params, *y_hats], 1)).float()
+            y_hat, lik = codec(y_k, self._own(params, k, 1) + correction)
             y_hats.append(y_hat)
             for key, value in lik.items():
                 likelihoods.setdefault(key, []).append(value)
@@ -97,9 +122,11 @@ class ChannelGroupsLatentCodec(LatentCodec):
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         y_groups = y.split(self.groups, 0) if y is not None else (None,) * len(self.groups)
         y_hats: list[torch.Tensor] = []
-        for y_k, codec, transform in zip(y_groups, self.codecs, self.transforms, strict=True):
-            context = torch.cat([params.to(torch.float64),
-                                 *(h.to(params.device) for h in y_hats)], 0)
-            group_params = latent_coding.integer_hyper_decode(transform, context[None])[0]
-            y_hats.append(codec.code(group_params, enc=enc, dec=dec, y=y_k))
+        params = params.to(torch.float64)
+        for k, (y_k, codec, transform) in enumerate(zip(y_groups, self.codecs, self.transforms,
+                                                        strict=True)):
+            context = torch.cat([params, *(h.to(params.device) for h in y_hats)], 0)
+            correction = latent_coding.integer_hyper_decode(transform, context[None])[0]
+            y_hats.append(codec.code(self._own(params, k, 0) + correction, enc=enc, dec=dec,
+                                     y=y_k))
         return torch.cat(y_hats, 0)

@@ -34,14 +34,11 @@ class LeechLatentCodec(LatentCodec):
     """
 
     name = "leech"
+    planes = (24, 24)
 
     def __init__(self, M: int, proxy: str = "mixed", mean_shift: bool = True) -> None:
         super().__init__(M, proxy)
         self.mean_shift = mean_shift
-
-    @property
-    def hyper_channels(self) -> int:
-        return 2 * self.M
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

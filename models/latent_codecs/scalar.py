@@ -17,10 +17,7 @@ class ScalarLatentCodec(LatentCodec):
     """
 
     name = "scalar"
-
-    @property
-    def hyper_channels(self) -> int:
-        return 2 * self.M
+    planes = (24, 24)
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -32,16 +32,13 @@ class SphericalLeechLatentCodec(LatentCodec):
     """
 
     name = "spherical-leech"
+    planes = (24, 24, 1, 1)
 
     def __init__(self, M: int, proxy: str = "mixed") -> None:
         super().__init__(M, proxy)
         self.log_gain_step = nn.Parameter(torch.tensor(0.0))
         # The step the coder uses, frozen by update(): no exp() at coding time.
         self.register_buffer("coding_step", torch.ones(()))
-
-    @property
-    def hyper_channels(self) -> int:
-        return 2 * self.M + 2 * (self.M // BLOCK)
 
     def update(self) -> None:
         self.coding_step.fill_(float(self.log_gain_step.detach().exp()))
