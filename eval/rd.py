@@ -6,12 +6,14 @@ MS-SSIM and wall-clock times. Each measurement is appended to a JSON-lines cache
 it stopped. Per-codec results are written in CompressAI's results-JSON shape so that
 ``python -m compressai.utils.plot`` and our own plots/BD-rate read the same files.
 
-Cache entries are keyed by (codec name, quality, image file name) only: delete the cache
-when a codec's configuration or the dataset contents change.
+Cache entries are keyed by (codec name, quality, image file name) and carry the codec's
+``version`` where it has one (an lsq codec's is a digest of its models' configs), so that
+retrained weights are measured afresh; delete the cache when the dataset contents change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -88,6 +90,13 @@ class LsqCodec:
     @property
     def qualities(self) -> tuple[int, ...]:
         return tuple(self.rate_points)
+
+    @cached_property
+    def version(self) -> str:
+        """A digest of the configs (steps, recipe) of the models behind the sweep: it changes
+        whenever one is retrained or replaced, so their cached measurements are not reused."""
+        configs = sorted({json.dumps(m, sort_keys=True) for m in self.rate_points.values()})
+        return hashlib.sha256("\n".join(configs).encode()).hexdigest()[:16]
 
     def _load_error(self) -> str | None:
         try:
@@ -170,6 +179,7 @@ def measure(codec: Codec, quality: int, path: Path) -> dict[str, Any]:
     pixels = ref.shape[0] * ref.shape[1]
     return {
         "codec": codec.name,
+        "version": getattr(codec, "version", ""),
         "quality": quality,
         "image": path.name,
         "bytes": len(data),
@@ -201,15 +211,17 @@ def _cache_key(record: dict[str, Any]) -> tuple[str, int, str]:
     return (record["codec"], int(record["quality"]), record["image"])
 
 
-def read_cache(path: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
-    """Load cached records, ignoring a torn last line left by an interrupted run."""
+def read_cache(path: Path, version: str = "") -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Load the cached records of this codec version, ignoring a torn last line left by an
+    interrupted run."""
     records: dict[tuple[str, int, str], dict[str, Any]] = {}
     if not path.exists():
         return records
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-            records[_cache_key(rec)] = rec
+            if rec.get("version", "") == version:
+                records[_cache_key(rec)] = rec
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return records
@@ -288,7 +300,7 @@ def evaluate(
                 on_skip(reason)
             continue
         cache_path = cache_dir / f"{codec.name}.jsonl"
-        cached = read_cache(cache_path)
+        cached = read_cache(cache_path, getattr(codec, "version", ""))
         todo = [
             (q, p) for q in codec.qualities for p in images if (codec.name, q, p.name) not in cached
         ]

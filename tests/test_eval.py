@@ -155,6 +155,10 @@ def test_resume_from_cache_does_not_recompute(crops: Path, tmp_path: Path) -> No
     assert json.loads((tmp_path / "fake.json").read_text())["results"]["bpp"] == pytest.approx(
         json.loads(first)["results"]["bpp"]
     )
+    # Another version of the codec (retrained weights) is measured afresh, all of it.
+    codec.version = "retrained"
+    rd.evaluate(crops, [codec], tmp_path, progress=False)
+    assert codec.encode_calls == 13
 
 
 def test_parallel_jobs_equal_serial(crops: Path, tmp_path: Path) -> None:
@@ -220,6 +224,13 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
     assert single.qualities == (1,)
     missing = rd.LsqCodec("nope")
     assert not missing.available() and "nope" in missing.unavailable_reason()
+    # retraining one model of the family (its config records the steps) changes the version
+    before = rd.LsqCodec("leech").version
+    models = registry.list_models()
+    registry.list_models = lambda: [{**m, "steps": 10} if m["name"] == "leech-hi" else m
+                                    for m in models]
+    assert rd.LsqCodec("leech").version != before
+    assert rd.LsqCodec("scalar").version == single.version
 
 
 def test_plot_writes_png_and_svg(tmp_path: Path) -> None:
