@@ -37,6 +37,9 @@ from lsq.fileio import write_atomic
 IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 CACHE_DIRNAME = ".cache"
+#: The config keys of a weights file that change whenever its weights do.
+WEIGHTS_IDENTITY = ("name", "family", "qualities", "codec_options", "N", "M", "steps",
+                    "images_seen", "gpu_time")
 
 
 class Codec(Protocol):
@@ -93,9 +96,11 @@ class LsqCodec:
 
     @cached_property
     def version(self) -> str:
-        """A digest of the configs (steps, recipe) of the models behind the sweep: it changes
-        whenever one is retrained or replaced, so their cached measurements are not reused."""
-        configs = sorted({json.dumps(m, sort_keys=True) for m in self.rate_points.values()})
+        """A digest of what identifies the trained models behind the sweep (name, architecture,
+        steps, images, GPU time): it changes whenever one is retrained or replaced, so their
+        cached measurements are not reused; a new default quality keeps them."""
+        configs = sorted({json.dumps({k: m.get(k) for k in WEIGHTS_IDENTITY}, sort_keys=True)
+                          for m in self.rate_points.values()})
         return hashlib.sha256("\n".join(configs).encode()).hexdigest()[:16]
 
     def _load_error(self) -> str | None:

@@ -125,6 +125,7 @@ class ConfigError(ValueError):
 def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
     """Refuse a configuration before any data is loaded or any GPU time is spent
     (``data_given``: the caller hands the images over itself)."""
+    from lsq.codec.bitstream import QUALITY_STEPS
     from lsq.codec.quantizers import BLOCK, PROXIES
 
     from .latent_codecs import CONTEXTS, LATENT_CODECS
@@ -142,6 +143,10 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
     if cfg.default_quality is not None and not (
             cfg.quality_min <= cfg.default_quality <= cfg.quality_max):
         problems.append("--default-quality must lie between --quality-min and --quality-max")
+    if cfg.default_quality is not None and cfg.default_quality * QUALITY_STEPS % 1:
+        nearest = round(cfg.default_quality * QUALITY_STEPS) / QUALITY_STEPS
+        problems.append(f"--default-quality must be a multiple of 1/{QUALITY_STEPS} (the "
+                        f"stream's quality step), e.g. {nearest}")
     if cfg.origin and cfg.quantizer != "leech":
         problems.append("--origin applies to the leech quantizer only")
     if cfg.context not in CONTEXTS:

@@ -3,7 +3,8 @@
 # sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...) or
 # QUANTIZER-cg for its channel-groups context model. A run resumes from RUNS_DIR/<name> if a
 # checkpoint is there, else from the shipped models/weights/NAME.safetensors, else (-cg) from
-# the shipped hyperprior version's weights (--init: fresh optimizer, fresh group transforms).
+# the shipped hyperprior version's weights (--init: fresh optimizer, fresh group transforms),
+# keeping their default quality (calibrated to about 0.5 bpp on Kodak after each evaluation).
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME...]
 set -euo pipefail
@@ -14,13 +15,18 @@ mkdir -p "$runs"
 for name in "$@"; do
   quantizer=${name%-cg} context=()
   [[ $name == *-cg ]] && context=(--context channel-groups)
-  init=()
+  init=() default=2.75
   for weights in "models/weights/$name.safetensors" "models/weights/$quantizer.safetensors"; do
-    [[ -f $weights ]] && { init=(--init "$weights" --warmup-steps 500); break; }
+    if [[ -f $weights ]]; then
+      init=(--init "$weights" --warmup-steps 500)
+      default=$(python3 -c "import sys; from lsq.models.weights_file import read_config; \
+print(read_config(sys.argv[1])['default_quality'])" "$weights")
+      break
+    fi
   done
   OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
     --quantizer "$quantizer" "${context[@]}" --data "$data" --batch 16 --crop 256 --lr 2e-4 \
     --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 --steps 150000 \
-    --default-quality 2.75 --max-minutes "$minutes" --lr-drop-minutes "$drop" "${init[@]}" \
+    --default-quality "$default" --max-minutes "$minutes" --lr-drop-minutes "$drop" "${init[@]}" \
     >"$runs/$name.log" 2>&1 < /dev/null &
 done

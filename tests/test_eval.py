@@ -230,6 +230,8 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
     registry.list_models = lambda: [{**m, "steps": 10} if m["name"] == "leech-hi" else m
                                     for m in models]
     assert rd.LsqCodec("leech").version != before
+    registry.list_models = lambda: [{**m, "default_quality": 5} for m in models]
+    assert rd.LsqCodec("leech").version == before
     assert rd.LsqCodec("scalar").version == single.version
 
 

@@ -282,6 +282,7 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
     ({"crop": 100}, "multiple of 64"),
     ({"M": 50}, "multiple of 24"),
     ({"default_quality": 7.5}, "--default-quality"),
+    ({"default_quality": 2.83}, r"multiple of 1/256 .*e.g. 2.828125"),
     ({"init": "/nonexistent/w.safetensors"}, "no such file"),
     ({"warmup_steps": -1}, "--warmup-steps"),
 ])
