@@ -4,10 +4,11 @@ P_S(x) = prod_i phi_i(x_i) / Z_S over the 196,560 minimal vectors x (integer fra
 phi_i(t) = exp(-(t - mu_i)^2 / (2 sigma_i^2)): the training rate term of the spherical
 quantizer, and the model ``lsq.codec.shell_coding`` codes exactly. Z_S sums three shapes:
 - (±4, ±4, 0^22): over the 276 pairs {i, j}, (phi_i(4) + phi_i(-4)) (phi_j(4) + phi_j(-4))
-  times phi_k(0) elsewhere;
+  times phi_k(0) elsewhere, summed as sum_i f_i (sum_{j > i} f_j) with suffix sums;
 - (±2^8, 0^16) with an even number of minus signs: over the 759 octads O,
   1/2 [prod_O (phi_i(2) + phi_i(-2)) + prod_O (phi_i(2) - phi_i(-2))] times phi_k(0)
-  elsewhere;
+  elsewhere; sums over octads are products with the octads' 759 x 24 incidence matrix
+  (products as sums of logs with the sign parity counted), not gathers;
 - (∓3, ±1^23): over codewords c and positions j, prod_{i != j} phi_i(s_i) phi_j(-3 s_j) with
   s = (-1)^c, i.e. the first-order part of prod_i (phi_i(s_i) + eps phi_i(-3 s_i)) summed over
   the Golay code, through the code's trio of octads (``entropy_coding.trio``).
@@ -31,16 +32,29 @@ _LOG2 = math.log(2.0)
 
 
 @lru_cache(maxsize=8)
+def _octad_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(24, 759) incidence: column o holds ones at octad o's eight positions."""
+    incidence = np.zeros((24, 759))
+    incidence[octads(), np.arange(759)[:, None]] = 1.0
+    return torch.tensor(incidence, dtype=dtype, device=device)
+
+
+def _log_pair_sum(f: torch.Tensor) -> torch.Tensor:
+    """log sum_{i < j} exp(f_i + f_j) over the last axis of 24, without forming the 276 pairs:
+    sum_i exp(f_i) (sum_{j > i} exp(f_j)), all terms positive."""
+    after = torch.logcumsumexp(f.flip(-1), -1).flip(-1)[..., 1:]  # log sum_{j > i}
+    return torch.logsumexp(f[..., :-1] + after, -1)
+
+
+@lru_cache(maxsize=8)
 def _indices(device: torch.device) -> dict[str, torch.Tensor]:
     """Gather indices of the three shapes on a device."""
     t = trio()
-    first, second = np.triu_indices(24, k=1)
     bits = (np.arange(16)[:, None] >> np.arange(4)) & 1  # (pattern, coordinate in nibble)
     coordinate = 4 * np.arange(6)[:, None, None] + np.arange(4)  # (nibble, 1, coordinate)
     patterns = t.rep[None, :] ^ (255 * np.arange(2)[:, None])  # (complement bit, class)
     chunk = np.arange(3)[:, None, None]
     arrays = {
-        "pair_first": first, "pair_second": second,
         "octads": octads(),
         # rows of (coordinate, bit) flattened, for each (nibble, pattern, coordinate)
         "nibble": 2 * coordinate + bits[None],
@@ -66,29 +80,40 @@ def _log_one_minus_exp_neg(log_t: torch.Tensor) -> torch.Tensor:
 
 def _log_relative_partition(mu: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     """log (Z_S / prod_i phi_i(0)) with inv = 1 / (2 sigma^2): (..., 24) -> (...)."""
+    shape = mu.shape[:-1]
+    mu, inv = mu.reshape(-1, 24), inv.reshape(-1, 24)
     ix = _indices(mu.device)
+    octad_sum = _octad_matrix(mu.device, mu.dtype)  # x @ octad_sum: sums over each octad
 
     def log_ratio(t: float) -> torch.Tensor:  # log phi(t) / phi(0)
         return t * (2 * mu - t) * inv
 
     # (±4, ±4, 0^22)
-    four = torch.logaddexp(log_ratio(4.0), log_ratio(-4.0))
-    pairs = four[..., ix["pair_first"]] + four[..., ix["pair_second"]]
+    pairs = _log_pair_sum(torch.logaddexp(log_ratio(4.0), log_ratio(-4.0)))
 
     # (±2^8, 0^16), even number of minus signs: 1/2 prod (p + m) (1 + prod tanh(delta / 2))
     two = torch.logaddexp(log_ratio(2.0), log_ratio(-2.0))
     delta = 8 * mu * inv  # log phi(2) / phi(-2)
-    oct_ = ix["octads"]
-    tanh_product = torch.tanh(delta / 2)[..., oct_].prod(-1)
+    tanh = torch.tanh(delta / 2)
+    negatives = (tanh < 0).to(mu.dtype) @ octad_sum
+    log_magnitude = torch.log(tanh.abs().clamp(min=torch.finfo(mu.dtype).tiny)) @ octad_sum
+    tanh_product = (1 - 2 * torch.remainder(negatives, 2)) * torch.exp(log_magnitude)
     # near cancellation (product <= -1/2, so every |delta| > 1): 1 - exp(-T) with
-    # T = sum -log|tanh(delta / 2)| = sum 2 atanh(u), u = exp(-|delta|), summed in logs
+    # T = sum -log|tanh(delta / 2)| = sum 2 atanh(u), u = exp(-|delta|), summed as numbers
+    # unless all of an octad's terms are too small for that; those octads sum in logs
     a = delta.abs().clamp(min=1.0)
-    u = torch.exp(-a.clamp(max=30.0))  # atanh(u) / u = 1 to double precision beyond
-    log_terms = _LOG2 - a + torch.log(torch.atanh(u) / u)
-    cancelling = _log_one_minus_exp_neg(torch.logsumexp(log_terms[..., oct_], -1))
-    parity = torch.where(tanh_product < -0.5, cancelling,
-                         torch.log1p(tanh_product.clamp(min=-0.5)))
-    octad_terms = two[..., oct_].sum(-1) + parity - _LOG2
+    t_sum = (2 * torch.atanh(torch.exp(-a))) @ octad_sum
+    tiny = torch.finfo(mu.dtype).tiny
+    cancelling = _log_one_minus_exp_neg(torch.log(t_sum.clamp(min=tiny)))
+    cancel = tanh_product < -0.5
+    rows, cols = torch.nonzero(cancel & (t_sum < tiny**0.8), as_tuple=True)
+    if rows.numel():
+        u = torch.exp(-a.clamp(max=30.0))  # atanh(u) / u = 1 to double precision beyond
+        log_terms = _LOG2 - a + torch.log(torch.atanh(u) / u)
+        far = log_terms[rows[:, None], ix["octads"][cols]].logsumexp(-1)
+        cancelling = cancelling.index_put((rows, cols), _log_one_minus_exp_neg(far))
+    parity = torch.where(cancel, cancelling, torch.log1p(tanh_product.clamp(min=-0.5)))
+    octad_terms = two @ octad_sum + parity - _LOG2
 
     # (∓3, ±1^23): dual numbers a + eps e over the trio, a = phi(±1), e = phi(∓3), c_i = 0, 1
     ones = torch.stack([log_ratio(1.0), log_ratio(-1.0)], -1).flatten(-2)
@@ -105,7 +130,7 @@ def _log_relative_partition(mu: torch.Tensor, inv: torch.Tensor) -> torch.Tensor
                          torch.logsumexp(tail_a, -1), torch.logsumexp(tail_e, -1))
     odd = torch.logsumexp(words, -1, keepdim=True)
 
-    return torch.logsumexp(torch.cat([pairs, octad_terms, odd], -1), -1)
+    return torch.logsumexp(torch.cat([pairs[:, None], octad_terms, odd], -1), -1).reshape(shape)
 
 
 def shell_log_partition(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
