@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session of training (issue 12's plan): variable-rate models in the background,
-# sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...) or
-# QUANTIZER-cg for its channel-groups context model. A run resumes from RUNS_DIR/<name> if a
+# sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...),
+# QUANTIZER-cg for its channel-groups context model, and either with -qN appended for a
+# fixed-rate model at integer quality N (bsq is fixed-rate: bsq-q2, bsq-q4, ...); the others
+# cover qualities 1..8. A run resumes from RUNS_DIR/<name> if a
 # checkpoint is there, else from the shipped models/weights/NAME.safetensors, else (-cg) from
 # the shipped hyperprior version's weights (--init: fresh optimizer, fresh group transforms),
 # keeping their default quality (calibrated to about 0.5 bpp on Kodak after each evaluation).
@@ -13,10 +15,16 @@ shift 4
 (($#)) || set -- leech scalar
 mkdir -p "$runs"
 for name in "$@"; do
-  quantizer=${name%-cg} context=()
-  [[ $name == *-cg ]] && context=(--context channel-groups)
-  init=() default=2.75
-  for weights in "models/weights/$name.safetensors" "models/weights/$quantizer.safetensors"; do
+  fixed="" qualities=() context=()
+  if [[ $name =~ -q([1-8])$ ]]; then
+    fixed=${BASH_REMATCH[1]}
+    qualities=(--quality-min "$fixed" --quality-max "$fixed")
+  fi
+  base=${name%-q[1-8]}
+  quantizer=${base%-cg}
+  [[ $base == *-cg ]] && context=(--context channel-groups)
+  init=() default=${fixed:-2.75}
+  for weights in "models/weights/$name.safetensors" "models/weights/${name/-cg/}.safetensors"; do
     if [[ -f $weights ]]; then
       init=(--init "$weights" --warmup-steps 500)
       default=$(python3 -c "import sys; from lsq.models.weights_file import read_config; \
@@ -25,8 +33,8 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
     fi
   done
   OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
-    --quantizer "$quantizer" "${context[@]}" --data "$data" --batch 16 --crop 256 --lr 2e-4 \
-    --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 --steps 150000 \
-    --default-quality "$default" --max-minutes "$minutes" --lr-drop-minutes "$drop" "${init[@]}" \
-    >"$runs/$name.log" 2>&1 < /dev/null &
+    --quantizer "$quantizer" "${context[@]}" "${qualities[@]}" --data "$data" --batch 16 \
+    --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 \
+    --steps 150000 --default-quality "$default" --max-minutes "$minutes" \
+    --lr-drop-minutes "$drop" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
 done
