@@ -472,6 +472,13 @@ def nearest_reference(y: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _octad_incidence() -> np.ndarray:
+    """(24, 759) 0/1: column o marks octad o's positions (sums over octads as one product)."""
+    incidence = np.zeros((24, len(octads())), dtype=np.float32)
+    incidence[octads(), np.arange(len(octads()))[:, None]] = 1.0
+    return incidence
+
+
 @lru_cache(maxsize=8)
 def _shell_tables(device: torch.device) -> dict[str, torch.Tensor]:
     """Index tensors for the shell bijection on a device."""
@@ -482,6 +489,7 @@ def _shell_tables(device: torch.device) -> dict[str, torch.Tensor]:
         "pairs": pairs,
         "pair_index": pair_index,
         "octads": octads(),
+        "octad_incidence": _octad_incidence(),
         "octad_rank": _octad_rank(),
         "code": golay_code().astype(np.int64),
     }
@@ -580,8 +588,9 @@ def _shell_chunk(u: torch.Tensor) -> torch.Tensor:
     """Index of the first-shell point maximising <u, x> for a (B, 24) chunk.
 
     Shapes are searched separately: the two largest |u_i|; for each octad the sum of |u_i|
-    with a sign-parity fix; for each codeword the odd-shape score, evaluated exactly only where
-    its upper bound (correlation + 4 max|u|) can beat the best exact score found so far.
+    with a sign-parity fix; for each codeword the odd-shape score. Octads and codewords get an
+    upper bound from one matrix product each (2 sum_O |u|; correlation + 4 max|u|), and their
+    exact score is evaluated only where that bound can beat the best exact score found so far.
     """
     tb = _shell_tables(u.device)
     b = u.shape[0]
@@ -596,26 +605,42 @@ def _shell_chunk(u: torch.Tensor) -> torch.Tensor:
     score_pair = 4 * (mag[rows, i] + mag[rows, j])
     pair_idx = 4 * tb["pair_index"][lo, hi] + 2 * negative[rows, lo] + negative[rows, hi]
 
-    # (±2^8, 0^16) with an even number of minus signs
-    oct_pos = tb["octads"]
-    oct_mag = mag[:, oct_pos]  # (B, 759, 8)
-    odd_neg = negative[:, oct_pos].sum(-1) & 1
-    low, low_at = oct_mag.min(-1)
-    oct_score = 2 * oct_mag.sum(-1) - 4 * low * odd_neg
-    score_oct, best_oct = oct_score.max(-1)
-    signs = negative.gather(1, oct_pos[best_oct])  # (B, 8)
-    fix = odd_neg[rows, best_oct][:, None] * (
-        torch.arange(8, device=u.device) == low_at[rows, best_oct][:, None]
-    )
-    signs = signs ^ fix
-    oct_idx = _N_PAIR + 128 * best_oct + (signs[:, :7] << torch.arange(7, device=u.device)).sum(-1)
+    # (±2^8, 0^16) with an even number of minus signs: 2 sum_O |u|, less 4 min_O |u| where the
+    # octad's minus signs are odd (the smallest coordinate flips)
+    oct_pos, incidence = tb["octads"], tb["octad_incidence"].to(u.dtype)
+    bound = 2 * (mag @ incidence)  # (B, 759): every octad's score or more, up to rounding
+    odd_neg = (negative.to(u.dtype) @ incidence).round().to(torch.int64) & 1
 
-    # (∓3, ±1^23)
+    def octad_scores(r: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact scores of octads o in rows r, and where their smallest |u| is."""
+        m = mag[r[:, None], oct_pos[o]]
+        low, low_at = m.min(-1)
+        return 2 * m.sum(-1) - 4 * low * odd_neg[r, o], low_at
+
+    # (∓3, ±1^23): the codeword of highest correlation gives one exact score at once
     code = tb["code"]
     corr = u.sum(-1, keepdim=True) - 2 * (u @ code.T.to(u.dtype))  # (B, 4096)
     top = corr.argmax(-1)
     score_top, pos_top = _odd_scores(u, code[top])
-    floor = torch.maximum(torch.maximum(score_pair, score_oct), score_top)
+
+    first = octad_scores(rows, bound.argmax(-1))[0]
+    floor = torch.maximum(torch.maximum(score_pair, first), score_top)
+    slack = 1e-5 * bound.amax(-1)  # the products' rounding, with a wide margin
+    cand_row, cand_oct = torch.nonzero(bound >= (floor - slack)[:, None], as_tuple=True)
+    cand_score, _ = octad_scores(cand_row, cand_oct)
+    score_oct = torch.full_like(floor, -torch.inf).scatter_reduce(
+        0, cand_row, cand_score, "amax", include_self=True)
+    winner = cand_score >= score_oct[cand_row]
+    best_oct = torch.full_like(top, len(oct_pos)).scatter_reduce(
+        0, cand_row[winner], cand_oct[winner], "amin", include_self=True).clamp(
+        max=len(oct_pos) - 1)  # the first best octad, as a plain argmax would take
+    _, low_at = octad_scores(rows, best_oct)
+    signs = negative.gather(1, oct_pos[best_oct])  # (B, 8)
+    signs = signs ^ (odd_neg[rows, best_oct][:, None]
+                     * (torch.arange(8, device=u.device) == low_at[:, None]))
+    oct_idx = _N_PAIR + 128 * best_oct + (signs[:, :7] << torch.arange(7, device=u.device)).sum(-1)
+
+    floor = torch.maximum(floor, score_oct)
     cand_row, cand_code = torch.nonzero(corr + 4 * mag.amax(-1, keepdim=True) > floor[:, None],
                                         as_tuple=True)
     cand_score, cand_pos = _odd_scores(u[cand_row], code[cand_code])
