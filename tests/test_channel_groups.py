@@ -74,6 +74,8 @@ def test_starts_as_its_hyperprior_version(quantizer: str, image: torch.Tensor) -
                        context.decompress_latents(b["strings"], b["shape"], Q)[0])
     with pytest.raises(ValueError, match="does not fit"):
         warm_start(build_model(quantizer, N=16, M=48, **CONTEXT), plain.state_dict())
+    with pytest.raises(ValueError, match="does not fit"):  # the other way: unexpected keys
+        warm_start(build_model(quantizer, N=16, M=72), context.state_dict())
 
 
 def test_default_groups_and_bad_options() -> None:
