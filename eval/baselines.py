@@ -36,6 +36,13 @@ class PillowCodec:
         """Whether this Pillow build can both encode and decode the format."""
         return bool(features.check(self.feature))
 
+    @property
+    def version(self) -> str:
+        """What the measurements depend on besides the images: the library versions and the
+        save options (the RD engine measures a codec afresh when this changes)."""
+        return (f"Pillow {Image.__version__}, {self.feature} {features.version(self.feature)}, "
+                f"{sorted(self.options.items())}")
+
     def unavailable_reason(self) -> str:
         """One line explaining why the codec is skipped."""
         return f"{self.name}: Pillow {Image.__version__} lacks the '{self.feature}' feature"

@@ -161,6 +161,13 @@ def test_resume_from_cache_does_not_recompute(crops: Path, tmp_path: Path) -> No
     assert codec.encode_calls == 13
 
 
+def test_baseline_version_names_library_and_options() -> None:
+    jpeg = BASELINES["jpeg-420"]
+    assert jpeg.version.startswith(f"Pillow {Image.__version__}, jpg ")
+    assert jpeg.version != BASELINES["jpeg-444"].version  # other subsampling option
+    assert replace(jpeg, qualities=(10,)).version == jpeg.version
+
+
 def test_parallel_jobs_equal_serial(crops: Path, tmp_path: Path) -> None:
     codec = replace(BASELINES["jpeg-420"], qualities=(10, 50, 90))
     rd.evaluate(crops, [codec], tmp_path / "serial", jobs=1, progress=False)
