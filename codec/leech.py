@@ -127,6 +127,15 @@ def octads() -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
+def octad_incidence() -> np.ndarray:
+    """(24, 759) float64 0/1: column o marks octad o's positions, so that x @ octad_incidence()
+    sums x over every octad in one matrix product."""
+    incidence = np.zeros((24, len(octads())))
+    incidence[octads(), np.arange(len(octads()))[:, None]] = 1.0
+    return _readonly(incidence)
+
+
+@lru_cache(maxsize=1)
 def _octad_rank() -> np.ndarray:
     """(4096,) int64: rank of a codeword among the octads, or -1 for other codewords."""
     rank = np.full(4096, -1, dtype=np.int64)
@@ -472,13 +481,6 @@ def nearest_reference(y: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _octad_incidence() -> np.ndarray:
-    """(24, 759) 0/1: column o marks octad o's positions (sums over octads as one product)."""
-    incidence = np.zeros((24, len(octads())), dtype=np.float32)
-    incidence[octads(), np.arange(len(octads()))[:, None]] = 1.0
-    return incidence
-
-
 @lru_cache(maxsize=8)
 def _shell_tables(device: torch.device) -> dict[str, torch.Tensor]:
     """Index tensors for the shell bijection on a device."""
@@ -489,7 +491,7 @@ def _shell_tables(device: torch.device) -> dict[str, torch.Tensor]:
         "pairs": pairs,
         "pair_index": pair_index,
         "octads": octads(),
-        "octad_incidence": _octad_incidence(),
+        "octad_incidence": octad_incidence(),
         "octad_rank": _octad_rank(),
         "code": golay_code().astype(np.int64),
     }

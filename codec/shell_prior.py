@@ -26,17 +26,14 @@ import numpy as np
 import torch
 
 from lsq.codec.entropy_coding import trio
-from lsq.codec.leech import octads
+from lsq.codec.leech import octad_incidence, octads
 
 _LOG2 = math.log(2.0)
 
 
 @lru_cache(maxsize=8)
 def _octad_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(24, 759) incidence: column o holds ones at octad o's eight positions."""
-    incidence = np.zeros((24, 759))
-    incidence[octads(), np.arange(759)[:, None]] = 1.0
-    return torch.tensor(incidence, dtype=dtype, device=device)
+    return torch.tensor(octad_incidence(), dtype=dtype, device=device)
 
 
 def _log_pair_sum(f: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,10 @@
 # sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...),
 # QUANTIZER-cg for its channel-groups context model, and either with -qN appended for a
 # fixed-rate model at integer quality N (bsq is fixed-rate: bsq-q2, bsq-q4, ...); the others
-# cover qualities 1..8. A run resumes from RUNS_DIR/<name> if a
-# checkpoint is there, else from the shipped models/weights/NAME.safetensors, else (-cg) from
-# the shipped hyperprior version's weights (--init: fresh optimizer, fresh group transforms),
-# keeping their default quality (calibrated to about 0.5 bpp on Kodak after each evaluation).
+# cover qualities 1..8. A run resumes from RUNS_DIR/<name> if a checkpoint is there, else from
+# the shipped models/weights/NAME.safetensors, else (-cg) from the shipped hyperprior
+# version's weights (--init: fresh optimizer, fresh group transforms), keeping their default
+# quality (calibrated to about 0.5 bpp on Kodak after each evaluation).
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME...]
 set -euo pipefail
