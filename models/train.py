@@ -163,6 +163,17 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append("give --data (a shard folder) or --images (image folders)")
     if cfg.init and not Path(cfg.init).is_file():
         problems.append(f"--init {cfg.init}: no such file")
+    elif cfg.init:
+        from .weights_file import WeightsFileError, read_config
+
+        try:
+            family = read_config(cfg.init)["family"]
+        except WeightsFileError as e:
+            problems.append(f"--init: {e}")
+        else:
+            if family != cfg.quantizer:
+                problems.append(f"--init {cfg.init} holds a {family} model, this run trains "
+                                f"{cfg.quantizer}")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -553,8 +564,6 @@ def train(
     rank, world, device = _setup_distributed(cfg.device)
     is_main = rank == 0
     out_dir = Path(cfg.out)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     train_imgs, val_imgs, data_desc = data if data is not None else load_data(cfg)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -589,6 +598,9 @@ def train(
         else:  # another world size: fresh streams, same result up to data order
             _seed_everything(cfg.seed, rank, step)
             sampler.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rank, step]))
+
+    if is_main:  # only now: a run refused above leaves no folder behind
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     net: nn.Module = model
     if world > 1:

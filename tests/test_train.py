@@ -236,6 +236,23 @@ def test_channel_groups_model_trains_exports_and_refuses_other_resume(data, tmp_
         tr.train(dataclasses.replace(cfg, steps=3, context="none"), tiny_model, data)
 
 
+def test_init_starts_from_exported_weights_and_refuses_what_does_not_fit(data, tmp_path):
+    tr.train(tiny_config(tmp_path / "a", steps=2), tiny_model, data)
+    weights = str(tmp_path / "a" / tr.EXPORT_NAME)
+    for name, change, message in [
+        ("b", {"quantizer": "leech"}, "holds a scalar model, this run trains leech"),
+        ("c", {"M": 48}, "does not fit this model"),
+        ("d", {"quality_max": 6}, "does not fit this model"),  # another gain table
+    ]:
+        with pytest.raises(tr.ConfigError, match=message):
+            tr.train(tiny_config(tmp_path / name, init=weights, **change), tiny_model, data)
+        assert not (tmp_path / name).exists()
+    # lr 0: the weights that come out are the ones that went in
+    tr.train(tiny_config(tmp_path / "e", steps=1, lr=0.0, init=weights), tiny_model, data)
+    before, after = load_file(weights), load_file(str(tmp_path / "e" / tr.EXPORT_NAME))
+    assert torch.equal(before["g_a.0.weight"], after["g_a.0.weight"])
+
+
 def test_command_line_parsing():
     cfg = tr.parse_args(["--quantizer", "leech", "--quality-min", "3", "--steps", "10",
                          "--out", "o", "--images", "a", "b", "--N", "64", "--no-resume",
