@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Wait up to SECONDS (or until no training runs), print each run's last log lines, then export
 # the latest checkpoint of the named runs (default: all) as fp16 safetensors into OUT_DIR with
-# the logs in one tarball. A model is about 14 MB and a call returns at most 64 MiB: name at
-# most four runs per call. Whatever happens to the GPU machine next, at most one call's
-# training is lost.
+# the logs in one tarball. A call returns at most 8 files of 16 MiB, 64 MiB in all: a larger
+# file (a context model's 22 MiB) is split into NAME.safetensors.part-aa, -ab, ... (join them
+# with cat), and a hyperprior model is about 14 MB, so name at most four runs per call.
+# Whatever happens to the GPU machine next, at most one call's training is lost.
 # Usage: models/collect_session.sh RUNS_DIR OUT_DIR SECONDS [NAME...]
 set -uo pipefail
 runs=$1 out=$2 wait_s=$3
@@ -18,5 +19,8 @@ python3 -m lsq.models.export_runs "$runs" "$tmp"
 mkdir -p "$out"
 if (($#)); then for name in "$@"; do cp "$tmp/$name.safetensors" "$out/"; done
 else cp "$tmp"/*.safetensors "$out/"; fi
+for file in "$out"/*.safetensors; do
+  if (($(stat -c %s "$file") > 15000000)); then split -b 15000000 "$file" "$file.part-" && rm "$file"; fi
+done
 tar -czf "$out/logs.tgz" -C "$runs" --exclude='ckpt-*' --exclude='*.safetensors' .
 ls -la "$out"
