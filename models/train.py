@@ -129,7 +129,7 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
     from lsq.codec.quantizers import BLOCK, PROXIES
 
     from .latent_codecs import CONTEXTS, LATENT_CODECS
-    from .quality import MAX_QUALITY, MIN_QUALITY
+    from .quality import MAX_QUALITY, MIN_QUALITY, snap_quality
 
     problems = []
     if cfg.quantizer not in LATENT_CODECS:
@@ -143,10 +143,9 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
     if cfg.default_quality is not None and not (
             cfg.quality_min <= cfg.default_quality <= cfg.quality_max):
         problems.append("--default-quality must lie between --quality-min and --quality-max")
-    if cfg.default_quality is not None and cfg.default_quality * QUALITY_STEPS % 1:
-        nearest = round(cfg.default_quality * QUALITY_STEPS) / QUALITY_STEPS
+    if cfg.default_quality is not None and snap_quality(cfg.default_quality) != cfg.default_quality:
         problems.append(f"--default-quality must be a multiple of 1/{QUALITY_STEPS} (the "
-                        f"stream's quality step), e.g. {nearest}")
+                        f"stream's quality step), e.g. {snap_quality(cfg.default_quality)}")
     if cfg.origin and cfg.quantizer != "leech":
         problems.append("--origin applies to the leech quantizer only")
     if cfg.context not in CONTEXTS:
@@ -578,11 +577,12 @@ def train(
 
     step, elapsed_before = 0, 0.0
     _seed_everything(cfg.seed, rank, 0)
-    if cfg.init and not (cfg.resume and checkpoint_exists(out_dir)):
+    resuming = cfg.resume and checkpoint_exists(out_dir)
+    if cfg.init and not resuming:
         fresh = warm_start(model, cfg.init)
         if is_main and fresh:
             print(f"[train] --init {cfg.init}: {', '.join(fresh)} start fresh", flush=True)
-    if cfg.resume and checkpoint_exists(out_dir):
+    if resuming:
         state = load_checkpoint(out_dir)
         for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context"):
             theirs = state["config"].get(key, getattr(TrainConfig, key))
