@@ -6,16 +6,18 @@
 # cover qualities 1..8. A run resumes from RUNS_DIR/<name> if a checkpoint is there, else from
 # the shipped models/weights/NAME.safetensors, else (-cg) from the shipped hyperprior
 # version's weights (--init: fresh optimizer, fresh group transforms), keeping their default
-# quality (calibrated to about 0.5 bpp on Kodak after each evaluation).
+# quality (calibrated to about 0.5 bpp on Kodak after each evaluation). NAME:STEPS caps a run
+# at STEPS steps of this session (lr drop at 90 % of them), to even out two models' totals.
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
-# Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME...]
+# Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME[:STEPS]...]
 set -euo pipefail
 data=$1 runs=$2 minutes=$3 drop=$4
 shift 4
 (($#)) || set -- leech scalar
 mkdir -p "$runs"
-for name in "$@"; do
-  fixed="" qualities=() context=()
+for spec in "$@"; do
+  name=${spec%%:*} steps=150000 fixed="" qualities=() context=()
+  [[ $spec == *:* ]] && steps=${spec#*:}
   if [[ $name =~ -q([1-8])$ ]]; then
     fixed=${BASH_REMATCH[1]}
     qualities=(--quality-min "$fixed" --quality-max "$fixed")
@@ -35,6 +37,6 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
   OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
     --quantizer "$quantizer" "${context[@]}" "${qualities[@]}" --data "$data" --batch 16 \
     --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 \
-    --steps 150000 --default-quality "$default" --max-minutes "$minutes" \
+    --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
     --lr-drop-minutes "$drop" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
 done
