@@ -16,6 +16,10 @@ from lsq.fileio import write_atomic  # noqa: E402
 
 #: grey dashed styles keep published references visually apart from our measurements.
 _REF_STYLES = ("x--", "+:", "1-.")
+#: measured curves take tab20's colours without its greys (the references' colour), saturated
+#: ones first.
+_TAB20 = plt.get_cmap("tab20").colors
+_COLORS = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
 PANELS = (("psnr-rgb", "PSNR (RGB) [dB]"), ("ms-ssim-db", "MS-SSIM (RGB) [dB]"))
 
 
@@ -28,10 +32,11 @@ def plot_rd(
     """Draw measured curves solid and published references dashed; write .png and .svg."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, (key, ylabel) in zip(axes, PANELS, strict=True):
-        for c in curves:
+        for i, c in enumerate(curves):
             res = c["results"]
             if key in res:
-                ax.plot(res["bpp"], res[key], ".-", label=c["name"])
+                ax.plot(res["bpp"], res[key], ".-", color=_COLORS[i % len(_COLORS)],
+                        label=c["name"])
         for i, r in enumerate(references):
             style = _REF_STYLES[i % len(_REF_STYLES)]
             res = r["results"]
