@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One GPU session of training (issue 12's plan): variable-rate models in the background,
 # sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...),
-# QUANTIZER-cg for its channel-groups context model, and either with -qN appended for a
-# fixed-rate model at integer quality N (bsq is fixed-rate: bsq-q2, bsq-q4, ...); the others
-# cover qualities 1..8. A run resumes from RUNS_DIR/<name> if a checkpoint is there, else from
-# the shipped models/weights/NAME.safetensors, else (-cg) from the shipped hyperprior
-# version's weights (--init: fresh optimizer, fresh group transforms), keeping their default
-# quality (calibrated to about 0.5 bpp on Kodak after each evaluation). NAME:STEPS caps a run
-# at STEPS steps of this session (lr drop at 90 % of them), to even out two models' totals.
+# QUANTIZER-cg for its channel-groups context model, then optionally -mM for M latent
+# channels (default 192), then optionally -qN for a fixed-rate model at integer quality N;
+# without -qN a model covers qualities 1..8. bsq is fixed-rate and codes at most M/256 bpp,
+# so a bsq curve takes models of several M: bsq-m96-q2 bsq-m192-q4 bsq-m384-q6.
+# A run resumes from RUNS_DIR/<name> if a checkpoint is there, else from the shipped
+# models/weights/NAME.safetensors, else (-cg) from the shipped hyperprior version's weights
+# (--init: fresh optimizer, fresh group transforms), keeping their default quality
+# (calibrated to about 0.5 bpp on Kodak after each evaluation). NAME:STEPS caps a run at
+# STEPS steps of this session (lr drop at 90 % of them), to even out two models' totals.
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME[:STEPS]...]
 set -euo pipefail
@@ -22,7 +24,10 @@ for spec in "$@"; do
     fixed=${BASH_REMATCH[1]}
     qualities=(--quality-min "$fixed" --quality-max "$fixed")
   fi
-  base=${name%-q[1-8]}
+  base=${name%-q[1-8]} channels=()
+  if [[ $base =~ ^(.+)-m([0-9]+)$ ]]; then
+    base=${BASH_REMATCH[1]} channels=(--M "${BASH_REMATCH[2]}")
+  fi
   quantizer=${base%-cg}
   [[ $base == *-cg ]] && context=(--context channel-groups)
   init=() default=${fixed:-2.75}
@@ -35,7 +40,7 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
     fi
   done
   OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
-    --quantizer "$quantizer" "${context[@]}" "${qualities[@]}" --data "$data" --batch 16 \
+    --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" --data "$data" --batch 16 \
     --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 \
     --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
     --lr-drop-minutes "$drop" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
