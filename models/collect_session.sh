@@ -2,8 +2,8 @@
 # Wait up to SECONDS (or until no training runs), print each run's last log lines, then export
 # the latest checkpoint of the named runs (default: all) as fp16 safetensors into OUT_DIR with
 # the logs in one tarball. A call returns at most 8 files of 16 MiB, 64 MiB in all: a larger
-# file (a context model's 22 MiB) is split into NAME.safetensors.part-aa, -ab, ... (join them
-# with cat), and a hyperprior model is about 14 MB, so name at most four runs per call.
+# file is split into NAME.safetensors.part-aa, -ab, ... (join them with cat); a hyperprior
+# model is about 14 MB, a context model about 16 MB, so name at most four runs per call.
 # Whatever happens to the GPU machine next, at most one call's training is lost.
 # Usage: models/collect_session.sh RUNS_DIR OUT_DIR SECONDS [NAME...]
 set -uo pipefail
@@ -20,7 +20,7 @@ mkdir -p "$out"
 if (($#)); then for name in "$@"; do cp "$tmp/$name.safetensors" "$out/"; done
 else cp "$tmp"/*.safetensors "$out/"; fi
 for file in "$out"/*.safetensors; do
-  if (($(stat -c %s "$file") > 15000000)); then split -b 15000000 "$file" "$file.part-" && rm "$file"; fi
+  if (($(stat -c %s "$file") > 16500000)); then split -b 15000000 "$file" "$file.part-" && rm "$file"; fi
 done
 tar -czf "$out/logs.tgz" -C "$runs" --exclude='ckpt-*' --exclude='*.safetensors' .
 ls -la "$out"

@@ -43,9 +43,9 @@ def integer_hyper_decode(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             b = torch.round(layer.bias.to(torch.float64) * 2 ** (WEIGHT_BITS + ACTIVATION_BITS))
             if isinstance(layer, nn.ConvTranspose2d):
                 acc = F.conv_transpose2d(a, w, b, layer.stride, layer.padding,
-                                         layer.output_padding)
+                                         layer.output_padding, layer.groups)
             elif isinstance(layer, nn.Conv2d):
-                acc = F.conv2d(a, w, b, layer.stride, layer.padding)
+                acc = F.conv2d(a, w, b, layer.stride, layer.padding, groups=layer.groups)
             else:
                 raise TypeError(f"layer {type(layer).__name__} has no integer form")
             if acc.numel() and float(acc.abs().max()) >= EXACT_LIMIT:

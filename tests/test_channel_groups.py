@@ -166,3 +166,14 @@ def test_weights_round_trip_through_the_registry(tmp_path: Path, image: torch.Te
     assert a["strings"] == b["strings"]
     assert torch.equal(reference.decompress_latents(a["strings"], a["shape"], Q)[0],
                        coding.decompress_latents(b["strings"], b["shape"], Q)[0])
+
+
+@pytest.mark.parametrize("quantizer", ["leech", "scalar", "spherical-leech"])
+def test_full_size_context_model_fits_a_weights_file(quantizer: str, tmp_path: Path) -> None:
+    """N = 128, M = 192 with the context model stays within the 16 MiB a shipped weights file
+    (and a device call's returned file) may take."""
+    model = build_model(quantizer, **CONTEXT)
+    config = dict(name="full", family=quantizer, qualities=[1, 8], default_quality=3,
+                  codec_options=CONTEXT, N=128, M=192)
+    path = weights_file.save(model.state_dict(), tmp_path / "full.safetensors", config)
+    assert path.stat().st_size <= 16 * 2**20

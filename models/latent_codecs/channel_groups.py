@@ -43,11 +43,15 @@ def default_groups(M: int) -> tuple[int, ...]:
 
 
 def group_transform(in_channels: int, out_channels: int) -> nn.Sequential:
-    """A 3x3 convolution (it sees the earlier groups' neighbours too), then two 1x1 ones as
-    ELIC's parameter aggregation. Only convolutions and ReLU: its integer form is exact."""
+    """A depthwise 3x3 convolution (every channel sees its neighbours, the earlier groups'
+    spatial context) and a 1x1 one mixing the channels, then two 1x1 ones as ELIC's parameter
+    aggregation. Depthwise-separable, a context model of N = 128, M = 192 weighs 15.8 MB in
+    fp16; a full 3x3 convolution made it 22 MiB, over the 16 MiB a weights file may take.
+    Only convolutions and ReLU: its integer form is exact."""
     hidden = (in_channels + out_channels) // 2
     return nn.Sequential(
-        conv(in_channels, hidden, kernel_size=3, stride=1), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
+        conv(in_channels, hidden, kernel_size=1, stride=1), nn.ReLU(inplace=True),
         conv(hidden, hidden, kernel_size=1, stride=1), nn.ReLU(inplace=True),
         conv(hidden, out_channels, kernel_size=1, stride=1),
     )
