@@ -103,6 +103,11 @@ class TrainConfig:
     init: str | None = dataclasses.field(
         default=None, metadata={"help": "start from these exported weights (fresh optimizer) "
                                         "when OUT has no checkpoint"})
+    init_transforms: str | None = dataclasses.field(
+        default=None, metadata={"help": "start the transforms from another model's exported "
+                                        "weights, any quantizer (what differs in shape, and "
+                                        "the latent codec, start fresh) when OUT has no "
+                                        "checkpoint"})
     resume: bool = dataclasses.field(
         default=True, metadata={"help": "continue from OUT's checkpoint if there is one"})
     ckpt_moments: str = dataclasses.field(
@@ -160,19 +165,23 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append("--warmup-steps must be >= 0")
     if not (cfg.data or cfg.images or data_given):
         problems.append("give --data (a shard folder) or --images (image folders)")
-    if cfg.init and not Path(cfg.init).is_file():
-        problems.append(f"--init {cfg.init}: no such file")
-    elif cfg.init:
-        from .weights_file import WeightsFileError, read_config
+    if cfg.init and cfg.init_transforms:
+        problems.append("give --init or --init-transforms, not both")
+    for flag, path in (("--init", cfg.init), ("--init-transforms", cfg.init_transforms)):
+        if path and not Path(path).is_file():
+            problems.append(f"{flag} {path}: no such file")
+        elif path:
+            from .weights_file import WeightsFileError, read_config
 
-        try:
-            family = read_config(cfg.init)["family"]
-        except WeightsFileError as e:
-            problems.append(f"--init: {e}")
-        else:
-            if family != cfg.quantizer:
-                problems.append(f"--init {cfg.init} holds a {family} model, this run trains "
-                                f"{cfg.quantizer}")
+            try:
+                family = read_config(path)["family"]
+            except WeightsFileError as e:
+                problems.append(f"{flag}: {e}")
+            else:
+                if flag == "--init" and family != cfg.quantizer:
+                    problems.append(f"--init {path} holds a {family} model, this run trains "
+                                    f"{cfg.quantizer} (--init-transforms takes another "
+                                    "quantizer's transforms)")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -548,6 +557,26 @@ def warm_start(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
     return sorted({".".join(k.split(".")[:3]) for k in missing})
 
 
+def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[str]:
+    """Start a model from another one's transforms, whatever its quantizer or M: every tensor
+    with the same name and shape is copied, except the latent codec's (it is the quantizer).
+    The rest (the latent codec, layers whose shape depends on M or on the codec's hyper
+    channels) keeps its fresh initialisation; returns those tensors' names."""
+    from .weights_file import WeightsFileError, load_state
+
+    try:
+        theirs = load_state(init) if isinstance(init, str) else init
+    except WeightsFileError as e:
+        raise ConfigError(f"--init-transforms: {e}") from None
+    own = model.state_dict()
+    taken = {k: v for k, v in theirs.items()
+             if not k.startswith("latent_codec.") and k in own and own[k].shape == v.shape}
+    if not any(k.startswith("g_s.") for k in taken):
+        raise ConfigError("--init-transforms shares no synthesis layer with this model")
+    model.load_state_dict(taken, strict=False)
+    return sorted(k for k in own if k not in taken)
+
+
 def train(
     cfg: TrainConfig,
     build_model: ModelBuilder | None = None,
@@ -582,6 +611,11 @@ def train(
         fresh = warm_start(model, cfg.init)
         if is_main and fresh:
             print(f"[train] --init {cfg.init}: {', '.join(fresh)} start fresh", flush=True)
+    if cfg.init_transforms and not resuming:
+        fresh = transplant(model, cfg.init_transforms)
+        if is_main:
+            print(f"[train] --init-transforms {cfg.init_transforms}: {len(fresh)} tensors "
+                  f"start fresh: {', '.join(fresh[:12])}", flush=True)
     if resuming:
         state = load_checkpoint(out_dir)
         for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context"):

@@ -10,14 +10,19 @@
 # (--init: fresh optimizer, fresh group transforms), keeping their default quality
 # (calibrated to about 0.5 bpp on Kodak after each evaluation). NAME:STEPS caps a run at
 # STEPS steps of this session (lr drop at 90 % of them), to even out two models' totals.
+# NAME@FROM starts the model instead from the shipped model FROM's transforms, whatever
+# NAME's own weights (--init-transforms: any quantizer; what differs in shape starts fresh),
+# e.g. spherical-leech@leech.
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
-# Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME[:STEPS]...]
+# Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME[:STEPS][@FROM]...]
 set -euo pipefail
 data=$1 runs=$2 minutes=$3 drop=$4
 shift 4
 (($#)) || set -- leech scalar
 mkdir -p "$runs"
 for spec in "$@"; do
+  from=""
+  [[ $spec == *@* ]] && from=${spec#*@} spec=${spec%%@*}
   name=${spec%%:*} steps=150000 fixed="" qualities=() context=()
   [[ $spec == *:* ]] && steps=${spec#*:}
   if [[ $name =~ -q([1-8])$ ]]; then
@@ -31,17 +36,21 @@ for spec in "$@"; do
   quantizer=${base%-cg}
   [[ $base == *-cg ]] && context=(--context channel-groups)
   init=() default=${fixed:-2.75}
-  for weights in "models/weights/$name.safetensors" "models/weights/${name/-cg/}.safetensors"; do
-    if [[ -f $weights ]]; then
-      init=(--init "$weights" --warmup-steps 500)
-      default=$(python3 -c "import sys; from lsq.models.weights_file import read_config; \
+  if [[ -n $from ]]; then
+    init=(--init-transforms "models/weights/$from.safetensors" --warmup-steps 500)
+  else
+    for weights in "models/weights/$name.safetensors" "models/weights/${name/-cg/}.safetensors"; do
+      if [[ -f $weights ]]; then
+        init=(--init "$weights" --warmup-steps 500)
+        default=$(python3 -c "import sys; from lsq.models.weights_file import read_config; \
 print(read_config(sys.argv[1])['default_quality'])" "$weights")
-      break
-    fi
-  done
+        break
+      fi
+    done
+  fi
   OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
-    --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" --data "$data" --batch 16 \
-    --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 --val-every 1000 \
-    --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
+    --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" \
+    --data "$data" --batch 16 --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 \
+    --val-every 1000 --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
     --lr-drop-minutes "$drop" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
 done

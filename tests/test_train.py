@@ -253,6 +253,42 @@ def test_init_starts_from_exported_weights_and_refuses_what_does_not_fit(data, t
     assert torch.equal(before["g_a.0.weight"], after["g_a.0.weight"])
 
 
+def test_init_transforms_takes_another_quantizers_transforms(data, tmp_path):
+    tr.train(tiny_config(tmp_path / "a", steps=2), tiny_model, data)
+    weights = str(tmp_path / "a" / tr.EXPORT_NAME)
+    scalar = load_file(weights)
+    for quantizer, M in (("spherical-leech", 24), ("bsq", 48)):
+        model = tr.default_builder(dataclasses.asdict(
+            tiny_config(tmp_path, quantizer=quantizer, M=M)))
+        fresh = tr.transplant(model, weights)
+        state = model.state_dict()
+        assert torch.equal(state["g_s.6.weight"], scalar["g_s.6.weight"].float())
+        assert all(k in fresh for k in state if k.startswith("latent_codec."))
+        if M == 24:  # the hyper-decoder's last layer has the first shell's extra channels
+            assert "h_s.4.weight" in fresh and "g_a.6.weight" not in fresh
+        else:  # another M: the layers next to the latent start fresh, the rest is taken
+            assert {"g_a.6.weight", "g_s.0.weight"} <= set(fresh)
+    # a run: refused with --init as well, or a file of no model; then taken, not --init's way
+    for name, change, message in [
+        ("b", {"init": weights}, "not both"),
+        ("c", {"init_transforms": str(tmp_path / "none.safetensors")}, "no such file"),
+    ]:
+        with pytest.raises(tr.ConfigError, match=message):
+            tr.train(tiny_config(tmp_path / name, **{"init_transforms": weights, **change}),
+                     tiny_model, data)
+        assert not (tmp_path / name).exists()
+    tr.train(tiny_config(tmp_path / "d", steps=1, lr=0.0, quantizer="leech",
+                         init_transforms=weights), tiny_model, data)
+    after = load_file(str(tmp_path / "d" / tr.EXPORT_NAME))
+    assert torch.equal(scalar["g_a.0.weight"], after["g_a.0.weight"])
+
+
+def test_init_transforms_refuses_weights_that_share_no_synthesis_layer(tmp_path):
+    model = tr.default_builder(dataclasses.asdict(tiny_config(tmp_path)))
+    with pytest.raises(tr.ConfigError, match="no synthesis layer"):
+        tr.transplant(model, {"g_a.0.weight": torch.zeros(1)})
+
+
 def test_command_line_parsing():
     cfg = tr.parse_args(["--quantizer", "leech", "--quality-min", "3", "--steps", "10",
                          "--out", "o", "--images", "a", "b", "--N", "64", "--no-resume",
