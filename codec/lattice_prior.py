@@ -29,6 +29,7 @@ _DIRECT_TERMS = 5
 _DUAL_TERMS = 3
 
 
+@torch.compiler.disable  # built from numpy tables: outside compiled graphs
 @lru_cache(maxsize=8)
 def _codewords(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(golay_code(), dtype=dtype, device=device)

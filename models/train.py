@@ -114,6 +114,9 @@ class TrainConfig:
         default="bfloat16",
         metadata={"help": "dtype of Adam moments in checkpoints (float32: exact resume)"})
     bf16: bool = dataclasses.field(default=False, metadata={"help": "bf16 autocast"})
+    compile: str = dataclasses.field(
+        default="", metadata={"help": "torch.compile backend for the latent codec's training "
+                                      "rate (inductor fuses the exact priors); empty: eager"})
     channels_last: bool = dataclasses.field(
         default=False, metadata={"help": "channels_last memory format"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto | cuda | cpu"})
@@ -163,6 +166,8 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append("--crop must be a positive multiple of 64; --batch and --steps positive")
     if cfg.warmup_steps < 0:
         problems.append("--warmup-steps must be >= 0")
+    if cfg.compile and cfg.compile not in torch.compiler.list_backends(exclude_tags=()):
+        problems.append(f"unknown --compile backend {cfg.compile!r}; e.g. inductor")
     if not (cfg.data or cfg.images or data_given):
         problems.append("give --data (a shard folder) or --images (image folders)")
     if cfg.init and cfg.init_transforms:
@@ -598,6 +603,8 @@ def train(
     model = (build_model or default_builder)(dataclasses.asdict(cfg)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.latent_codec.compile_rate(cfg.compile)
     main_params, aux_params = split_parameters(model)
     opt = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)

@@ -12,7 +12,8 @@
 # STEPS steps of this session (lr drop at 90 % of them), to even out two models' totals.
 # NAME@FROM starts the model instead from the shipped model FROM's transforms, whatever
 # NAME's own weights (--init-transforms: any quantizer; what differs in shape starts fresh),
-# e.g. spherical-leech@leech.
+# e.g. spherical-leech@leech. COMPILE=inductor in the environment compiles every run's
+# training rate (--compile; time it first: bench_train --compile inductor --ratio).
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME[:STEPS][@FROM]...]
 set -euo pipefail
@@ -52,5 +53,5 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
     --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" \
     --data "$data" --batch 16 --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 \
     --val-every 1000 --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
-    --lr-drop-minutes "$drop" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
+    --lr-drop-minutes "$drop" --compile "${COMPILE:-}" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
 done

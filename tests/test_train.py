@@ -344,3 +344,34 @@ def test_bad_configurations_are_refused_before_training(tmp_path, change, messag
     with pytest.raises(tr.ConfigError, match=message):
         tr.train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
+def test_compiled_rate_matches_eager(quantizer: str) -> None:
+    """compile_rate changes how the training rate is computed, not what it is."""
+    from lsq.models.hyperprior import build_model
+
+    x, q = torch.rand(2, 3, 64, 64), torch.tensor([1.5, 6.25])
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(quantizer, N=8, M=48, context="channel-groups").train()
+        if compiled:
+            model.latent_codec.compile_rate("aot_eager")
+        inner = model.latent_codec.codecs
+        assert all(name in vars(c) for c in inner for name in c.rate_functions) == compiled
+        torch.manual_seed(1)
+        out = model(x, q)
+        bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+        bits.backward()
+        results.append((bits.detach(), model.g_a[0].weight.grad))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_training_with_a_compiled_rate(data, tmp_path):
+    tr.train(tiny_config(tmp_path / "a", steps=2, quantizer="leech", compile="aot_eager"),
+             tiny_model, data)
+    assert (tmp_path / "a" / tr.EXPORT_NAME).is_file()
+    with pytest.raises(tr.ConfigError, match="unknown --compile backend 'fast'"):
+        tr.train(tiny_config(tmp_path / "b", compile="fast"), tiny_model, data)

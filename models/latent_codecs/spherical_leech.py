@@ -33,6 +33,9 @@ class SphericalLeechLatentCodec(LatentCodec):
 
     name = "spherical-leech"
     planes = (24, 24, 1, 1)
+    rate_functions = ("log_prob", "gain_likelihood")
+    log_prob = staticmethod(shell_log_prob)
+    gain_likelihood = staticmethod(gaussian_likelihood)
 
     def __init__(self, M: int, proxy: str = "mixed") -> None:
         super().__init__(M, proxy)
@@ -49,10 +52,10 @@ class SphericalLeechLatentCodec(LatentCodec):
         scales, means, gain_params = params.split([self.M, self.M, 2 * k], dim=1)
         direction, gain = SphericalLeechQuantizer().proxy(
             to_blocks(y), self.log_gain_step.exp(), self.training_proxy())
-        log_p = shell_log_prob(direction.rate_input, to_blocks(means),
+        log_p = self.log_prob(direction.rate_input, to_blocks(means),
                                to_blocks(scales).clamp(min=SCALE_BOUND))
         gain_scale, gain_mean = gain_params.chunk(2, 1)
-        gain_lik = gaussian_likelihood(gain.rate_input.squeeze(-1), gain_scale, gain_mean)
+        gain_lik = self.gain_likelihood(gain.rate_input.squeeze(-1), gain_scale, gain_mean)
         return from_blocks(direction.recon), {"y": spread(log_p), "gain": gain_lik}
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
