@@ -65,6 +65,8 @@ class TrainConfig:
         default="mixed", metadata={"help": "training proxy: ste | noise | mixed"})
     context: str = dataclasses.field(
         default="none", metadata={"help": "context model: none | channel-groups"})
+    lrp: bool = dataclasses.field(
+        default=False, metadata={"help": "latent residual prediction (channel-groups only)"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total optimizer steps"})
     out: str = dataclasses.field(
         default="runs/train", metadata={"help": "run folder: log, checkpoint, final weights"})
@@ -158,6 +160,8 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append("--origin applies to the leech quantizer only")
     if cfg.context not in CONTEXTS:
         problems.append(f"unknown --context {cfg.context!r} (one of {', '.join(CONTEXTS)})")
+    if cfg.lrp and cfg.context != "channel-groups":
+        problems.append("--lrp needs --context channel-groups")
     if cfg.proxy not in PROXIES:
         problems.append(f"unknown --proxy {cfg.proxy!r} (one of {', '.join(PROXIES)})")
     if cfg.M % BLOCK or cfg.M <= 0 or cfg.N <= 0:
@@ -291,6 +295,8 @@ def codec_options(cfg: dict) -> dict:
     options: dict = {"mean_shift": False} if cfg.get("origin") else {}
     if cfg.get("context", "none") != "none":  # older checkpoints have no context
         options["context"] = cfg["context"]
+    if cfg.get("lrp"):
+        options["lrp"] = True
     return options
 
 
@@ -625,7 +631,8 @@ def train(
                   f"start fresh: {', '.join(fresh[:12])}", flush=True)
     if resuming:
         state = load_checkpoint(out_dir)
-        for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context"):
+        for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context",
+                    "lrp"):
             theirs = state["config"].get(key, getattr(TrainConfig, key))
             if theirs != getattr(cfg, key):
                 raise ValueError(f"checkpoint in {out_dir} has {key}={theirs!r}, "

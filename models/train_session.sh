@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# One GPU session of training (issue 12's plan): variable-rate models in the background,
-# sharing one GPU, each with its own stop time. NAME is a quantizer (leech, scalar, ...),
-# QUANTIZER-cg for its channel-groups context model, then optionally -mM for M latent
-# channels (default 192), then optionally -qN for a fixed-rate model at integer quality N;
-# without -qN a model covers qualities 1..8. bsq is fixed-rate and codes at most M/256 bpp,
-# so a bsq curve takes models of several M: bsq-m96-q2 bsq-m192-q4 bsq-m384-q6.
-# A run resumes from RUNS_DIR/<name> if a checkpoint is there, else from the shipped
-# models/weights/NAME.safetensors, else (-cg) from the shipped hyperprior version's weights
-# (--init: fresh optimizer, fresh group transforms), keeping their default quality
-# (calibrated to about 0.5 bpp on Kodak after each evaluation). NAME:STEPS caps a run at
-# STEPS steps of this session (lr drop at 90 % of them), to even out two models' totals.
-# NAME@FROM starts the model instead from the shipped model FROM's transforms, whatever
-# NAME's own weights (--init-transforms: any quantizer; what differs in shape starts fresh),
-# e.g. spherical-leech@leech. COMPILE=inductor in the environment compiles every run's
-# training rate (--compile; time it first: bench_train --compile inductor --ratio).
+# One GPU session of training (issue 12's plan): models trained in the background, sharing
+# one GPU, each with its own stop time.
+#
+# NAME is a quantizer (leech, scalar, spherical-leech, bsq), then optionally -cg for its
+# channel-groups context model (-cg-lrp with latent residual prediction), -mM for M latent
+# channels (default 192) and -qN for a fixed-rate model at integer quality N; without -qN a
+# model covers qualities 1..8. bsq is fixed-rate and codes at most M/256 bpp, so a bsq curve
+# takes models of several M: bsq-m96-q2 bsq-m192-q4 bsq-m384-q6.
+#
+# A run resumes from RUNS_DIR/<name> if a checkpoint is there, else starts (--init: fresh
+# optimizer, 500 warm-up steps) from the shipped models/weights/NAME.safetensors, or from the
+# shipped version without LRP or without the context model (their new parts start at zero),
+# keeping its default quality (calibrated to about 0.5 bpp on Kodak after each evaluation).
+# NAME@FROM starts instead from the shipped model FROM's transforms, whatever NAME's own
+# weights (--init-transforms: any quantizer; what differs in shape starts fresh), e.g.
+# spherical-leech@leech. NAME:STEPS caps a run at STEPS steps of this session (lr drop at
+# 90 % of them), to even out two models' totals. COMPILE=inductor in the environment
+# compiles every run's training rate (--compile; time it first with bench_train --ratio).
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
-# Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES [NAME[:STEPS][@FROM]...]
+#
+# Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES \
+#          [NAME[:STEPS][@FROM]...]
 set -euo pipefail
 data=$1 runs=$2 minutes=$3 drop=$4
 shift 4
@@ -34,13 +39,15 @@ for spec in "$@"; do
   if [[ $base =~ ^(.+)-m([0-9]+)$ ]]; then
     base=${BASH_REMATCH[1]} channels=(--M "${BASH_REMATCH[2]}")
   fi
+  [[ $base == *-cg-lrp ]] && base=${base%-lrp} context=(--lrp)
   quantizer=${base%-cg}
-  [[ $base == *-cg ]] && context=(--context channel-groups)
+  [[ $base == *-cg ]] && context+=(--context channel-groups)
   init=() default=${fixed:-2.75}
   if [[ -n $from ]]; then
     init=(--init-transforms "models/weights/$from.safetensors" --warmup-steps 500)
   else
-    for weights in "models/weights/$name.safetensors" "models/weights/${name/-cg/}.safetensors"; do
+    for stem in "$name" "${name/-lrp/}" "${name/-cg-lrp/}" "${name/-cg/}"; do
+      weights=models/weights/$stem.safetensors
       if [[ -f $weights ]]; then
         init=(--init "$weights" --warmup-steps 500)
         default=$(python3 -c "import sys; from lsq.models.weights_file import read_config; \
@@ -53,5 +60,6 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
     --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" \
     --data "$data" --batch 16 --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 \
     --val-every 1000 --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
-    --lr-drop-minutes "$drop" --compile "${COMPILE:-}" "${init[@]}" >"$runs/$name.log" 2>&1 < /dev/null &
+    --lr-drop-minutes "$drop" --compile "${COMPILE:-}" "${init[@]}" \
+    >"$runs/$name.log" 2>&1 < /dev/null &
 done

@@ -25,13 +25,14 @@ def image() -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, 5, 1, 2)
 
 
-def coded_model(quantizer: str, M: int = 72, seed: int = 1):
+def coded_model(quantizer: str, M: int = 72, seed: int = 1, lrp: bool = False):
     torch.manual_seed(seed)
-    model = build_model(quantizer, N=16, M=M, **CONTEXT).eval()
+    model = build_model(quantizer, N=16, M=M, lrp=lrp, **CONTEXT).eval()
+    codec = model.latent_codec
     with torch.no_grad():  # spread the gains so that the latents are not all zero
         model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
-        for transform in model.latent_codec.transforms:  # zero at first: make them matter
-            torch.nn.init.normal_(transform[-1].weight, std=0.05)
+        for transform in (*codec.transforms, *(codec.residuals or ())):  # zero at first:
+            torch.nn.init.normal_(transform[-1].weight, std=0.05)  # make them matter
     model.update(force=True)
     return model
 
@@ -72,6 +73,13 @@ def test_starts_as_its_hyperprior_version(quantizer: str, image: torch.Tensor) -
     a, b = plain.compress(image, Q), context.compress(image, Q)
     assert torch.equal(plain.decompress_latents(a["strings"], a["shape"], Q)[0],
                        context.decompress_latents(b["strings"], b["shape"], Q)[0])
+    lrp = build_model(quantizer, N=16, M=72, lrp=True, **CONTEXT).eval()
+    fresh = warm_start(lrp, context.state_dict())  # LRP starts at zero too
+    assert fresh == [f"latent_codec.residuals.{k}" for k in range(3)]
+    lrp.update(force=True)
+    c = lrp.compress(image, Q)
+    assert torch.equal(plain.decompress_latents(a["strings"], a["shape"], Q)[0],
+                       lrp.decompress_latents(c["strings"], c["shape"], Q)[0])
     with pytest.raises(ValueError, match="does not fit"):
         warm_start(build_model(quantizer, N=16, M=48, **CONTEXT), plain.state_dict())
     with pytest.raises(ValueError, match="does not fit"):  # the other way: unexpected keys
@@ -94,9 +102,11 @@ def test_default_groups_and_bad_options() -> None:
         make_latent_codec("scalar", 48, mean_shift=False, **CONTEXT)
 
 
+@pytest.mark.parametrize("lrp", [False, True])
 @pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
-def test_round_trip_is_exact_and_thread_independent(quantizer: str, image: torch.Tensor) -> None:
-    model = coded_model(quantizer)
+def test_round_trip_is_exact_and_thread_independent(quantizer: str, lrp: bool,
+                                                     image: torch.Tensor) -> None:
+    model = coded_model(quantizer, lrp=lrp)
     with torch.no_grad():
         coded = model.compress(image, Q)
         first = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
@@ -113,6 +123,10 @@ def test_round_trip_is_exact_and_thread_independent(quantizer: str, image: torch
     assert torch.equal(first, again) and torch.equal(first, one_thread)
     assert torch.equal(first, reference)
     assert first.abs().sum() > 0 and x_hat.shape == image.shape
+    if lrp:  # the corrections are in: without them the same stream decodes otherwise
+        model.latent_codec.residuals = None
+        plain = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
+        assert not torch.equal(first, plain)
 
 
 @pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
@@ -120,7 +134,7 @@ def test_training_forward_reaches_the_group_transforms(quantizer: str,
                                                       image: torch.Tensor) -> None:
     torch.manual_seed(2)
     image = image[:, :, :, :64]
-    model = build_model(quantizer, N=16, M=72, **CONTEXT).train()
+    model = build_model(quantizer, N=16, M=72, lrp=True, **CONTEXT).train()
     out = model(image.expand(2, -1, -1, -1), torch.tensor([1.5, 7.25]))
     plain = build_model(quantizer, N=16, M=72)(image, 3.0)
     assert {k: v.shape[1:] for k, v in out["likelihoods"].items()} == {
@@ -128,7 +142,7 @@ def test_training_forward_reaches_the_group_transforms(quantizer: str,
     bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
     assert torch.isfinite(bits) and bits > 0
     (bits + ((out["x_hat"] - image) ** 2).mean()).backward()
-    for transform in model.latent_codec.transforms:
+    for transform in (*model.latent_codec.transforms, *model.latent_codec.residuals):
         grads = [p.grad for p in transform.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0
@@ -170,10 +184,10 @@ def test_weights_round_trip_through_the_registry(tmp_path: Path, image: torch.Te
 
 @pytest.mark.parametrize("quantizer", ["leech", "scalar", "spherical-leech"])
 def test_full_size_context_model_fits_a_weights_file(quantizer: str, tmp_path: Path) -> None:
-    """N = 128, M = 192 with the context model stays within the 16 MiB a shipped weights file
-    (and a device call's returned file) may take."""
-    model = build_model(quantizer, **CONTEXT)
+    """N = 128, M = 192 with the context model and LRP stays within the 16 MiB a shipped
+    weights file (and a device call's returned file) may take."""
+    model = build_model(quantizer, lrp=True, **CONTEXT)
     config = dict(name="full", family=quantizer, qualities=[1, 8], default_quality=3,
-                  codec_options=CONTEXT, N=128, M=192)
+                  codec_options={**CONTEXT, "lrp": True}, N=128, M=192)
     path = weights_file.save(model.state_dict(), tmp_path / "full.safetensors", config)
     assert path.stat().st_size <= 16 * 2**20

@@ -332,6 +332,7 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
     ({"origin": True}, "--origin applies to the leech quantizer only"),
     ({"proxy": "dither"}, "unknown --proxy 'dither'"),
     ({"context": "spatial"}, "unknown --context 'spatial'"),
+    ({"lrp": True}, "--lrp needs --context channel-groups"),
     ({"crop": 100}, "multiple of 64"),
     ({"M": 50}, "multiple of 24"),
     ({"default_quality": 7.5}, "--default-quality"),
@@ -369,9 +370,12 @@ def test_compiled_rate_matches_eager(quantizer: str) -> None:
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
 
 
-def test_training_with_a_compiled_rate(data, tmp_path):
-    tr.train(tiny_config(tmp_path / "a", steps=2, quantizer="leech", compile="aot_eager"),
-             tiny_model, data)
-    assert (tmp_path / "a" / tr.EXPORT_NAME).is_file()
+def test_training_a_compiled_context_model_with_lrp(data, tmp_path):
+    tr.train(tiny_config(tmp_path / "a", steps=2, quantizer="leech", M=48, compile="aot_eager",
+                         context="channel-groups", lrp=True), tiny_model, data)
+    with safe_open(str(tmp_path / "a" / tr.EXPORT_NAME), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+        assert "latent_codec.residuals.1.5.weight" in f.keys()
+    assert meta["codec_options"] == {"context": "channel-groups", "lrp": True}
     with pytest.raises(tr.ConfigError, match="unknown --compile backend 'fast'"):
         tr.train(tiny_config(tmp_path / "b", compile="fast"), tiny_model, data)

@@ -11,6 +11,11 @@ model codes exactly as its hyperprior version and can start from its weights. Th
 autoregression: every position of a group is coded at once, so decoding runs one small
 network per group, not one per position.
 
+With ``lrp``, latent residual prediction (Minnen & Singh's LRP): after group k is decoded, a
+residual transform of concat(hyper features, y_hat of groups up to k) adds a correction in
+[-1/2, 1/2] to that group's y_hat, predicting part of its quantization error. It starts at
+zero too, and runs as an integer network while coding, so the corrected y_hat is exact.
+
 Training: the transforms see the inner codecs' training reconstructions of earlier groups,
 as in CompressAI's ``ChannelGroupsLatentCodec``. Coding: they run as integer networks
 (``latent_coding.integer_hyper_decode``) on the bit-exact float64 y_hat of earlier groups,
@@ -57,6 +62,22 @@ def group_transform(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+#: LRP corrections are clamped to [-LRP_BOUND, LRP_BOUND] (Minnen & Singh: 0.5 tanh).
+LRP_BOUND = 0.5
+
+
+def residual_transform(in_channels: int, out_channels: int) -> nn.Sequential:
+    """LRP's transform: as ``group_transform`` with a narrower hidden width (twice the
+    group's channels), which keeps a context model of N = 128, M = 192 within 16 MiB."""
+    hidden = 2 * out_channels
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
+        conv(in_channels, hidden, kernel_size=1, stride=1), nn.ReLU(inplace=True),
+        conv(hidden, hidden, kernel_size=1, stride=1), nn.ReLU(inplace=True),
+        conv(hidden, out_channels, kernel_size=1, stride=1),
+    )
+
+
 def group_slices(planes: Sequence[int], groups: Sequence[int]) -> list[torch.Tensor]:
     """For each group, the channels of the hyperprior's ``params`` (``planes`` per block, each
     plane laid out over all blocks) that hold that group's parameters, plane by plane."""
@@ -76,7 +97,7 @@ class ChannelGroupsLatentCodec(LatentCodec):
     layout, so the hyper-decoder is the one of the model without the context model."""
 
     def __init__(self, codec: type[LatentCodec], M: int, proxy: str = "mixed",
-                 groups: Sequence[int] | None = None, **options) -> None:
+                 groups: Sequence[int] | None = None, lrp: bool = False, **options) -> None:
         super().__init__(M, proxy)
         groups = tuple(default_groups(M) if groups is None else groups)
         if sum(groups) != M or any(g <= 0 or g % BLOCK for g in groups):
@@ -89,7 +110,11 @@ class ChannelGroupsLatentCodec(LatentCodec):
         self.transforms = nn.ModuleList(
             group_transform(self.features + before, c.hyper_channels)
             for before, c in zip(accumulate(groups[:-1], initial=0), self.codecs, strict=True))
-        for transform in self.transforms:
+        self.residuals = nn.ModuleList(
+            residual_transform(self.features + before + g, g)
+            for before, g in zip(accumulate(groups[:-1], initial=0), groups, strict=True)
+        ) if lrp else None
+        for transform in (*self.transforms, *(self.residuals or ())):
             nn.init.zeros_(transform[-1].weight)
             nn.init.zeros_(transform[-1].bias)
         for k, index in enumerate(group_slices(codec.planes, groups)):
@@ -121,6 +146,9 @@ class ChannelGroupsLatentCodec(LatentCodec):
                                                         self.transforms, strict=True)):
             correction = transform(torch.cat([params, *y_hats], 1)).float()
             y_hat, lik = codec(y_k, self._own(params, k, 1) + correction)
+            if self.residuals is not None:
+                residual = self.residuals[k](torch.cat([params, *y_hats, y_hat], 1)).float()
+                y_hat = y_hat + residual.clamp(-LRP_BOUND, LRP_BOUND)
             y_hats.append(y_hat)
             for key, value in lik.items():
                 likelihoods.setdefault(key, []).append(value)
@@ -133,8 +161,17 @@ class ChannelGroupsLatentCodec(LatentCodec):
         params = params.to(torch.float64)
         for k, (y_k, codec, transform) in enumerate(zip(y_groups, self.codecs, self.transforms,
                                                         strict=True)):
-            context = torch.cat([params, *(h.to(params.device) for h in y_hats)], 0)
-            correction = latent_coding.integer_hyper_decode(transform, context[None])[0]
-            y_hats.append(codec.code(self._own(params, k, 0) + correction, enc=enc, dec=dec,
-                                     y=y_k))
+            correction = latent_coding.integer_hyper_decode(
+                transform, self._context(params, y_hats))[0]
+            y_hat = codec.code(self._own(params, k, 0) + correction, enc=enc, dec=dec, y=y_k)
+            if self.residuals is not None:
+                residual = latent_coding.integer_hyper_decode(
+                    self.residuals[k], self._context(params, [*y_hats, y_hat]))[0]
+                y_hat = y_hat + residual.clamp(-LRP_BOUND, LRP_BOUND).to(y_hat.device)
+            y_hats.append(y_hat)
         return torch.cat(y_hats, 0)
+
+    @staticmethod
+    def _context(params: torch.Tensor, y_hats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """An integer transform's input: hyper features and decoded groups, one image."""
+        return torch.cat([params, *(h.to(params.device) for h in y_hats)], 0)[None]
