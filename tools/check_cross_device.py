@@ -59,9 +59,10 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
 
 
 #: (name suffix, quantizer, codec options) of the untrained models: every quantizer, and
-#: Leech inside the channel-groups context model (whose group transforms are integer networks).
+#: Leech inside the channel-groups context model with LRP (whose group and residual
+#: transforms are integer networks).
 UNTRAINED = [(q, q, {}) for q in LATENT_CODECS] + [
-    ("leech-channel-groups", "leech", {"context": "channel-groups"})]
+    ("leech-channel-groups", "leech", {"context": "channel-groups", "lrp": True})]
 
 
 def write_untrained(folder: Path) -> None:
@@ -70,7 +71,9 @@ def write_untrained(folder: Path) -> None:
         torch.manual_seed(0)
         qualities = (4, 4) if quantizer == "bsq" else (1, 8)
         net = build_model(quantizer, qualities=qualities, **codec_options)
-        for transform in getattr(net.latent_codec, "transforms", ()):  # zero at first
+        codec = net.latent_codec
+        integer_nets = [*getattr(codec, "transforms", ()), *(getattr(codec, "residuals", ()) or ())]
+        for transform in integer_nets:  # zero at first: make them matter
             torch.nn.init.normal_(transform[-1].weight, std=0.02)
         net.update(force=True)
         name = f"untrained-{suffix}"
