@@ -268,7 +268,7 @@ def test_init_transforms_takes_another_quantizers_transforms(data, tmp_path):
             assert "h_s.4.weight" in fresh and "g_a.6.weight" not in fresh
         else:  # another M: the layers next to the latent start fresh, the rest is taken
             assert {"g_a.6.weight", "g_s.0.weight"} <= set(fresh)
-    # a run: refused with --init as well, or a file of no model; then taken, not --init's way
+    # a run refuses it beside --init, or a missing file; otherwise it starts from those weights
     for name, change, message in [
         ("b", {"init": weights}, "not both"),
         ("c", {"init_transforms": str(tmp_path / "none.safetensors")}, "no such file"),
