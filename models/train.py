@@ -572,7 +572,8 @@ def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
     """Start a model from another one's transforms, whatever its quantizer or M: every tensor
     with the same name and shape is copied, except the latent codec's (it is the quantizer).
     The rest (the latent codec, layers whose shape depends on M or on the codec's hyper
-    channels) keeps its fresh initialisation; returns those tensors' names."""
+    channels) keeps its fresh initialisation; returns those tensors' names. Refused unless
+    the synthesis transform fits all but its input layer (not for another N)."""
     from .weights_file import WeightsFileError, load_state
 
     try:
@@ -582,8 +583,10 @@ def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
     own = model.state_dict()
     taken = {k: v for k, v in theirs.items()
              if not k.startswith("latent_codec.") and k in own and own[k].shape == v.shape}
-    if not any(k.startswith("g_s.") for k in taken):
-        raise ConfigError("--init-transforms shares no synthesis layer with this model")
+    if any(k.startswith("g_s.") and not k.startswith("g_s.0.") and k not in taken
+           for k in own):
+        raise ConfigError("--init-transforms: its synthesis transform does not fit this "
+                          "model's (another N?)")
     model.load_state_dict(taken, strict=False)
     return sorted(k for k in own if k not in taken)
 

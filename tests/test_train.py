@@ -283,10 +283,11 @@ def test_init_transforms_takes_another_quantizers_transforms(data, tmp_path):
     assert torch.equal(scalar["g_a.0.weight"], after["g_a.0.weight"])
 
 
-def test_init_transforms_refuses_weights_that_share_no_synthesis_layer(tmp_path):
+def test_init_transforms_refuses_weights_of_another_N(tmp_path):
     model = tr.default_builder(dataclasses.asdict(tiny_config(tmp_path)))
-    with pytest.raises(tr.ConfigError, match="no synthesis layer"):
-        tr.transplant(model, {"g_a.0.weight": torch.zeros(1)})
+    other = tr.default_builder(dataclasses.asdict(tiny_config(tmp_path, N=16)))
+    with pytest.raises(tr.ConfigError, match="synthesis transform does not fit"):
+        tr.transplant(model, other.state_dict())
 
 
 def test_command_line_parsing():
