@@ -1,0 +1,48 @@
+"""models/train_session.sh turns run names into the right training commands: a wrong flag
+there costs a whole GPU session, so its parsing is checked here with a stand-in trainer."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "models" / "train_session.sh"
+
+
+def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> dict[str, str]:
+    """{run name: the arguments train_session.sh gives lsq.models.train} for NAMES."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"  # prints a training command's arguments, runs anything else
+    fake.write_text(f'#!/usr/bin/env bash\nif [[ $1 == -m ]]; then shift 2; echo "$@"; '
+                    f'else exec "{sys.executable}" "$@"; fi\n')
+    fake.chmod(0o755)
+    runs = tmp_path / "runs"
+    path = f"{bin_dir}:/usr/bin:/bin"
+    subprocess.run(["bash", str(SCRIPT), "/data", str(runs), "20", "17", *names], cwd=ROOT,
+                   check=True, env={"PATH": path, **(env or {})}, timeout=60)
+    stems = (name.split("@")[0].split(":")[0] for name in names)  # NAME[:STEPS][@FROM]
+    logs = {stem: runs / f"{stem}.log" for stem in stems}
+    deadline = time.monotonic() + 30  # the runs start in the background
+    while not all(p.is_file() and p.read_text().endswith("\n") for p in logs.values()):
+        assert time.monotonic() < deadline, "the stand-in runs did not finish"
+        time.sleep(0.1)
+    return {name: log.read_text().strip() for name, log in logs.items()}
+
+
+def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
+    cmds = session_commands(tmp_path, "leech", "scalar:600", "spherical-leech@leech",
+                            "bsq-m96-q2", "leech-cg-lrp", env={"COMPILE": "inductor"})
+    leech = cmds["leech"].split()
+    assert leech[leech.index("--quantizer") + 1] == "leech"
+    assert "--init models/weights/leech.safetensors --warmup-steps 500" in cmds["leech"]
+    assert "--steps 150000" in cmds["leech"] and "--compile inductor" in cmds["leech"]
+    assert "--max-minutes 20 --lr-drop-minutes 17" in cmds["leech"]
+    assert "--steps 600" in cmds["scalar"]
+    assert "--init-transforms models/weights/leech.safetensors" in cmds["spherical-leech"]
+    assert "--init " not in cmds["spherical-leech"]
+    assert "--quantizer bsq --M 96 --quality-min 2 --quality-max 2" in cmds["bsq-m96-q2"]
+    assert "--default-quality 2 " in cmds["bsq-m96-q2"]
+    assert "--quantizer leech --lrp --context channel-groups" in cmds["leech-cg-lrp"]
+    assert "--init models/weights/leech.safetensors" in cmds["leech-cg-lrp"]
