@@ -94,15 +94,15 @@ def _log_relative_partition(mu: torch.Tensor, inv: torch.Tensor) -> torch.Tensor
     two = torch.logaddexp(log_ratio(2.0), log_ratio(-2.0))
     delta = 8 * mu * inv  # log phi(2) / phi(-2)
     tanh = torch.tanh(delta / 2)
+    tiny = torch.finfo(mu.dtype).tiny
     negatives = (tanh < 0).to(mu.dtype) @ octad_sum
-    log_magnitude = torch.log(tanh.abs().clamp(min=torch.finfo(mu.dtype).tiny)) @ octad_sum
+    log_magnitude = torch.log(tanh.abs().clamp(min=tiny)) @ octad_sum
     tanh_product = (1 - 2 * torch.remainder(negatives, 2)) * torch.exp(log_magnitude)
     # near cancellation (product <= -1/2, so every |delta| > 1): 1 - exp(-T) with
     # T = sum -log|tanh(delta / 2)| = sum 2 atanh(u), u = exp(-|delta|), summed as numbers
     # unless all of an octad's terms are too small for that; those octads sum in logs
     a = delta.abs().clamp(min=1.0)
     t_sum = (2 * torch.atanh(torch.exp(-a))) @ octad_sum
-    tiny = torch.finfo(mu.dtype).tiny
     cancelling = _log_one_minus_exp_neg(torch.log(t_sum.clamp(min=tiny)))
     cancel = tanh_product < -0.5
     rows, cols = torch.nonzero(cancel & (t_sum < tiny**0.8), as_tuple=True)

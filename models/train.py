@@ -551,16 +551,24 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, dynamic_ncols=True)
 
 
+def _init_state(init: str | dict[str, torch.Tensor], flag: str) -> dict[str, torch.Tensor]:
+    """The state dict of exported weights (a file, or a state dict already)."""
+    from .weights_file import WeightsFileError, load_state
+
+    try:
+        return load_state(init) if isinstance(init, str) else init
+    except WeightsFileError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
 def warm_start(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[str]:
     """Load exported weights (a file or a state dict). A context model may start from its
     hyperprior version, whose weights lack only the latent codec's group transforms: those
     start fresh. Returns the modules that did, as parameter prefixes."""
-    from .weights_file import WeightsFileError, load_state
-
+    state = _init_state(init, "--init")
     try:
-        state = load_state(init) if isinstance(init, str) else init
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except (WeightsFileError, RuntimeError) as e:  # RuntimeError: same names, other shapes
+    except RuntimeError as e:  # same names, other shapes
         raise ConfigError(f"--init does not fit this model: {str(e)[:300]}") from None
     if unexpected or any(not k.startswith("latent_codec.") for k in missing):
         raise ConfigError(f"--init does not fit this model: missing {missing[:4]}, "
@@ -574,12 +582,7 @@ def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
     The rest (the latent codec, layers whose shape depends on M or on the codec's hyper
     channels) keeps its fresh initialisation; returns those tensors' names. Refused unless
     the synthesis transform fits all but its input layer (not for another N)."""
-    from .weights_file import WeightsFileError, load_state
-
-    try:
-        theirs = load_state(init) if isinstance(init, str) else init
-    except WeightsFileError as e:
-        raise ConfigError(f"--init-transforms: {e}") from None
+    theirs = _init_state(init, "--init-transforms")
     own = model.state_dict()
     taken = {k: v for k, v in theirs.items()
              if not k.startswith("latent_codec.") and k in own and own[k].shape == v.shape}

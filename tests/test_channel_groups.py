@@ -28,11 +28,10 @@ def image() -> torch.Tensor:
 def coded_model(quantizer: str, M: int = 72, seed: int = 1, lrp: bool = False):
     torch.manual_seed(seed)
     model = build_model(quantizer, N=16, M=M, lrp=lrp, **CONTEXT).eval()
-    codec = model.latent_codec
     with torch.no_grad():  # spread the gains so that the latents are not all zero
         model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
-        for transform in (*codec.transforms, *(codec.residuals or ())):  # zero at first:
-            torch.nn.init.normal_(transform[-1].weight, std=0.05)  # make them matter
+        for transform in model.latent_codec.integer_transforms:  # zero at first: make them
+            torch.nn.init.normal_(transform[-1].weight, std=0.05)  # matter
     model.update(force=True)
     return model
 
@@ -142,7 +141,8 @@ def test_training_forward_reaches_the_group_transforms(quantizer: str,
     bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
     assert torch.isfinite(bits) and bits > 0
     (bits + ((out["x_hat"] - image) ** 2).mean()).backward()
-    for transform in (*model.latent_codec.transforms, *model.latent_codec.residuals):
+    assert len(model.latent_codec.integer_transforms) == 6  # 3 groups, with LRP
+    for transform in model.latent_codec.integer_transforms:
         grads = [p.grad for p in transform.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0

@@ -71,10 +71,8 @@ def write_untrained(folder: Path) -> None:
         torch.manual_seed(0)
         qualities = (4, 4) if quantizer == "bsq" else (1, 8)
         net = build_model(quantizer, qualities=qualities, **codec_options)
-        codec = net.latent_codec
-        integer_nets = [*getattr(codec, "transforms", ()), *(getattr(codec, "residuals", ()) or ())]
-        for transform in integer_nets:  # zero at first: make them matter
-            torch.nn.init.normal_(transform[-1].weight, std=0.02)
+        for transform in getattr(net.latent_codec, "integer_transforms", ()):  # zero at first
+            torch.nn.init.normal_(transform[-1].weight, std=0.02)  # make them matter
         net.update(force=True)
         name = f"untrained-{suffix}"
         config = dict(name=name, family=quantizer, qualities=list(qualities),

@@ -102,11 +102,17 @@ class ChannelGroupsLatentCodec(LatentCodec):
             if lrp:  # narrower (hidden: twice the group), to stay within 16 MiB
                 residuals.append(group_transform(inputs + g, 2 * g, g))
         self.residuals = residuals if lrp else None
-        for transform in (*self.transforms, *(self.residuals or ())):
+        for transform in self.integer_transforms:
             nn.init.zeros_(transform[-1].weight)
             nn.init.zeros_(transform[-1].bias)
         for k, index in enumerate(group_slices(codec.planes, groups)):
             self.register_buffer(f"slice_{k}", index, persistent=False)
+
+    @property
+    def integer_transforms(self) -> list[nn.Sequential]:
+        """Every network that runs in integer form while coding: the group transforms, then
+        LRP's. Their last layers start at zero."""
+        return [*self.transforms, *(self.residuals or ())]
 
     def _own(self, params: torch.Tensor, k: int, dim: int) -> torch.Tensor:
         """The hyperprior's parameters of group k."""
