@@ -17,6 +17,8 @@
 # spherical-leech@leech. NAME:STEPS caps a run at STEPS steps of this session (lr drop at
 # 90 % of them), to even out two models' totals. COMPILE=inductor in the environment
 # compiles every run's training rate (--compile; time it first with bench_train --ratio).
+# On a machine of several GPUs the runs go round-robin over them (GPUS=N in the environment
+# overrides the count nvidia-smi gives), one process per run, no DDP between them.
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 #
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES \
@@ -26,6 +28,9 @@ data=$1 runs=$2 minutes=$3 drop=$4
 shift 4
 (($#)) || set -- leech scalar
 mkdir -p "$runs"
+gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c ^GPU || true)}
+((gpus > 0)) || gpus=1
+run=0
 for spec in "$@"; do
   from=""
   [[ $spec == *@* ]] && from=${spec#*@} spec=${spec%%@*}
@@ -56,7 +61,9 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
       fi
     done
   fi
-  OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train --out "$runs/$name" --name "$name" \
+  gpu=$((run++ % gpus))
+  CUDA_VISIBLE_DEVICES=$gpu OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train \
+    --out "$runs/$name" --name "$name" \
     --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" \
     --data "$data" --batch 16 --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 \
     --val-every 1000 --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \

@@ -15,7 +15,8 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"  # prints a training command's arguments, runs anything else
-    fake.write_text(f'#!/usr/bin/env bash\nif [[ $1 == -m ]]; then shift 2; echo "$@"; '
+    fake.write_text(f'#!/usr/bin/env bash\nif [[ $1 == -m ]]; then shift 2; '
+                    f'echo "$@ CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"; '
                     f'else exec "{sys.executable}" "$@"; fi\n')
     fake.chmod(0o755)
     runs = tmp_path / "runs"
@@ -46,3 +47,13 @@ def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     assert "--default-quality 2 " in cmds["bsq-m96-q2"]
     assert "--quantizer leech --lrp --context channel-groups" in cmds["leech-cg-lrp"]
     assert "--init models/weights/leech.safetensors" in cmds["leech-cg-lrp"]
+    assert cmds["leech"].endswith("CUDA_VISIBLE_DEVICES=0")  # one GPU (none here): all on 0
+    assert cmds["leech-cg-lrp"].endswith("CUDA_VISIBLE_DEVICES=0")
+
+
+def test_train_session_spreads_runs_over_the_gpus(tmp_path: Path) -> None:
+    cmds = session_commands(tmp_path, "leech", "scalar", "leech-cg", "bsq-q2", "scalar-cg",
+                            env={"GPUS": "4"})
+    devices = {name: cmd.rsplit("=", 1)[1] for name, cmd in cmds.items()}
+    assert devices == {"leech": "0", "scalar": "1", "leech-cg": "2", "bsq-q2": "3",
+                       "scalar-cg": "0"}
