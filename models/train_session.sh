@@ -18,7 +18,8 @@
 # 90 % of them), to even out two models' totals. COMPILE=inductor in the environment
 # compiles every run's training rate (--compile; time it first with bench_train --ratio).
 # On a machine of several GPUs the runs go round-robin over them (GPUS=N in the environment
-# overrides the count nvidia-smi gives), one process per run, no DDP between them.
+# overrides the count nvidia-smi gives; FIRST_GPU=K starts at GPU K, to restart a run beside
+# the others), one process per run, no DDP between them.
 # Collect with models/collect_session.sh after at most 9.5 minutes, every call.
 #
 # Usage: models/train_session.sh SHARD_DIR RUNS_DIR MINUTES LR_DROP_MINUTES \
@@ -30,7 +31,7 @@ shift 4
 mkdir -p "$runs"
 gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c ^GPU || true)}
 ((gpus > 0)) || gpus=1
-run=0
+run=${FIRST_GPU:-0}
 for spec in "$@"; do
   from=""
   [[ $spec == *@* ]] && from=${spec#*@} spec=${spec%%@*}

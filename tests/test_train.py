@@ -371,6 +371,19 @@ def test_compiled_rate_matches_eager(quantizer: str) -> None:
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
 
 
+def test_inductor_rate_takes_groups_of_different_sizes() -> None:
+    """Groups of 24, 24, 48 and 96 channels hand the compiled Leech prior views of different
+    strides; inductor's backward asserted on them in training before they were made dense."""
+    from lsq.models.hyperprior import build_model
+
+    torch.manual_seed(0)
+    model = build_model("leech", N=8, M=192, context="channel-groups").train()
+    model.latent_codec.compile_rate("inductor")
+    out = model(torch.rand(2, 3, 64, 64), torch.tensor([1.5, 6.25]))
+    sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()).backward()
+    assert torch.isfinite(model.g_a[0].weight.grad).all()
+
+
 def test_training_a_compiled_context_model_with_lrp(data, tmp_path):
     tr.train(tiny_config(tmp_path / "a", steps=2, quantizer="leech", M=48, compile="aot_eager",
                          context="channel-groups", lrp=True), tiny_model, data)

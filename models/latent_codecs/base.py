@@ -12,6 +12,7 @@ quality's gains, so a codec always works on a fixed grid (a gain is a rescaled l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -108,10 +109,17 @@ class LatentCodec(nn.Module):
         centred Leech prior's forward+backward ran 3.8x faster). Training only: coding uses
         tables, never these functions."""
         for name in self.rate_functions:
-            setattr(self, name, torch.compile(getattr(self, name), backend=backend))
+            setattr(self, name, _dense_inputs(torch.compile(getattr(self, name), backend=backend)))
 
     def training_proxy(self) -> str:
         return self.proxy if self.training else "ste"
+
+
+def _dense_inputs(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` called with contiguous copies of its tensors. A compiled graph keeps the strides
+    it was traced with, and a channel group's parameters are views whose strides change with
+    the group (inductor's backward asserted 'stride 24576==12288' on the GPU)."""
+    return lambda *tensors: fn(*(t.contiguous() for t in tensors))
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
