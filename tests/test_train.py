@@ -353,6 +353,7 @@ def test_compiled_rate_matches_eager(quantizer: str) -> None:
     """compile_rate changes how the training rate is computed, not what it is."""
     from lsq.models.hyperprior import build_model
 
+    torch.manual_seed(2)
     x, q = torch.rand(2, 3, 64, 64), torch.tensor([1.5, 6.25])
     results = []
     for compiled in (False, True):
@@ -368,7 +369,8 @@ def test_compiled_rate_matches_eager(quantizer: str) -> None:
         bits.backward()
         results.append((bits.detach(), model.g_a[0].weight.grad))
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
-    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+    grads = results[0][1], results[1][1]  # float32 sums in another order: relative to the largest
+    assert torch.allclose(*grads, rtol=1e-4, atol=1e-6 * grads[0].abs().max().item())
 
 
 def test_inductor_rate_takes_groups_of_different_sizes() -> None:
