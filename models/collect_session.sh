@@ -9,6 +9,9 @@
 set -uo pipefail
 runs=$1 out=$2 wait_s=$3
 shift 3
+# fail before waiting, not after: session 13 lost a collect to a missing PYTHONPATH
+python3 -c "import lsq.models.export_runs" || { echo "collect_session: lsq is not importable" \
+  "(export PYTHONPATH as train_session.sh's caller did)" >&2; exit 1; }
 end=$((SECONDS + wait_s))
 while ((SECONDS < end)) && pgrep -f "lsq.models.train" >/dev/null; do sleep 10; done
 for log in "$runs"/*.log; do echo "== $log"; grep -v "val_" "$log" | tail -n 2; \

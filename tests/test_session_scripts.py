@@ -34,7 +34,7 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
 
 def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     cmds = session_commands(tmp_path, "leech", "scalar:600", "spherical-leech@leech",
-                            "bsq-m96-q2", "leech-cg-lrp", env={"COMPILE": "inductor"})
+                            "bsq-m96-q2", "spherical-leech-cg-lrp", env={"COMPILE": "inductor"})
     leech = cmds["leech"].split()
     assert leech[leech.index("--quantizer") + 1] == "leech"
     assert "--init models/weights/leech.safetensors --warmup-steps 500" in cmds["leech"]
@@ -45,10 +45,11 @@ def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     assert "--init " not in cmds["spherical-leech"]
     assert "--quantizer bsq --M 96 --quality-min 2 --quality-max 2" in cmds["bsq-m96-q2"]
     assert "--default-quality 2 " in cmds["bsq-m96-q2"]
-    assert "--quantizer leech --lrp --context channel-groups" in cmds["leech-cg-lrp"]
-    assert "--init models/weights/leech.safetensors" in cmds["leech-cg-lrp"]
+    lrp = cmds["spherical-leech-cg-lrp"]  # falls back to the shipped model without -cg-lrp
+    assert "--quantizer spherical-leech --lrp --context channel-groups" in lrp
+    assert "--init models/weights/spherical-leech.safetensors" in lrp
     assert cmds["leech"].endswith("CUDA_VISIBLE_DEVICES=0")  # one GPU (none here): all on 0
-    assert cmds["leech-cg-lrp"].endswith("CUDA_VISIBLE_DEVICES=0")
+    assert lrp.endswith("CUDA_VISIBLE_DEVICES=0")
 
 
 def test_train_session_spreads_runs_over_the_gpus(tmp_path: Path) -> None:
@@ -57,3 +58,17 @@ def test_train_session_spreads_runs_over_the_gpus(tmp_path: Path) -> None:
     devices = {name: cmd.rsplit("=", 1)[1] for name, cmd in cmds.items()}
     assert devices == {"leech": "0", "scalar": "1", "leech-cg": "2", "bsq-q2": "3",
                        "scalar-cg": "0"}
+
+
+def test_collect_session_stops_at_once_without_lsq(tmp_path: Path) -> None:
+    """A missing PYTHONPATH on the GPU machine is reported before the wait, not after it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text("#!/usr/bin/env bash\nexit 1\n")  # 'import lsq' fails
+    (bin_dir / "python3").chmod(0o755)
+    result = subprocess.run(
+        ["bash", str(ROOT / "models" / "collect_session.sh"), str(tmp_path), str(tmp_path / "o"),
+         "600"], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True,
+        timeout=30)
+    assert result.returncode == 1 and "lsq is not importable" in result.stderr
+    assert not (tmp_path / "o").exists()
