@@ -411,10 +411,10 @@ def models() -> None:
         click.echo(f"no models are shipped (looked in {registry.weights_dir()})")
         return
     default = registry.default_name()
-    click.echo(f"  {'name':28} {'family':16} {'qualities':>9} {'default':>8} {'steps':>8}")
+    click.echo(f"  {'name':28} {'family':16} {'qualities':>9} {'default':>10} {'steps':>8}")
     for c in configs:
         mark = "*" if c["name"] == default else " "
         click.echo(
             f"{mark} {c['name']:28} {c['family']:16} {registry.describe_qualities(c):>9} "
-            f"{c['default_quality']:>8.10g} {c.get('steps', '?')!s:>8}"
+            f"{c['default_quality']:>10.10g} {c.get('steps', '?')!s:>8}"
         )
