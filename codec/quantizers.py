@@ -15,6 +15,7 @@ the same point density as unit scalar rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -112,7 +113,12 @@ class BSQQuantizer:
 
 class LeechQuantizer:
     """Full Leech lattice on y / step (integer frame); the caller subtracts its anchor (the
-    predicted mean, for the mean-shifted codec) first and adds it back after."""
+    predicted mean, for the mean-shifted codec) first and adds it back after. ``nearest``
+    serves the training proxy only (``leech.compiled_nearest`` when training compiles);
+    symbols for coding always come from the eager ``leech.nearest``."""
+
+    def __init__(self, nearest: Callable[[torch.Tensor], torch.Tensor] = leech.nearest) -> None:
+        self.nearest = nearest
 
     def quantize(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(self.symbols(y, step), step).to(y.dtype)
@@ -127,7 +133,7 @@ class LeechQuantizer:
         """
         _check_proxy(kind)
         v = y / step
-        hard = straight_through(v, leech.nearest(v.detach()).to(v.dtype))
+        hard = straight_through(v, self.nearest(v.detach()).to(v.dtype))
         if kind == "noise":
             return Proxy(hard, (v + leech_cell_noise(v.shape, v.device, v.dtype)) * step)
         return Proxy(hard, hard * step)

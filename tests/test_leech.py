@@ -143,6 +143,19 @@ def test_nearest_matches_exhaustive_search(
     assert (got == reference).all(-1).float().mean() > 0.9  # only ties may differ
 
 
+def test_compiled_nearest_gives_the_same_points(hard_points: torch.Tensor) -> None:
+    """Inductor-compiled decoding over padded fixed-size chunks: the points of the eager
+    decoder for a batch of two chunks (the second padded), any leading shape, and none."""
+    nearest = leech.compiled_nearest("inductor")
+    y = torch.cat([hard_points, torch.randn(5000, 24, generator=torch.Generator().manual_seed(1))
+                   * 4]).to(torch.float32)
+    assert torch.equal(nearest(y), leech.nearest(y))
+    assert torch.equal(nearest(y[:60].view(3, 20, 24)), leech.nearest(y[:60]).view(3, 20, 24))
+    assert nearest(torch.zeros(0, 24)).shape == (0, 24)
+    with pytest.raises(ValueError):
+        nearest(torch.full((2, 24), float("nan")))
+
+
 def test_reference_is_locally_optimal(hard_points: torch.Tensor, reference: torch.Tensor) -> None:
     """No minimal vector moves the exhaustive answer closer (independent of the coset code)."""
     shell = _shell().double()

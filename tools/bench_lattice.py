@@ -1,11 +1,12 @@
 """Throughput of the Leech decoders beside brute force, and the measured second moment G.
 
-    python -m lsq.tools.bench_lattice --n 100000 --device cpu
+    python -m lsq.tools.bench_lattice --n 100000 --device cpu [--compile inductor]
 
 Points/s of nearest and nearest_shell (float32 batches of --n) on CPU and, when available,
 on CUDA (with warm-up and torch.cuda.synchronize); the brute-force references are timed on a
 small batch. G = E||e||² / (24 V^(1/12)) with V = 8^12 the cell volume in the integer frame,
 measured on data uniform over [0, 8)^24 (a period of Λ24, so the error is uniform on a cell).
+``--compile`` adds the training loop's compiled nearest (``leech.compiled_nearest``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="batch size")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu and cuda)")
     parser.add_argument("--ref-n", type=int, default=2000, help="batch for brute force")
+    parser.add_argument("--compile", default="", metavar="BACKEND",
+                        help="also time leech.compiled_nearest(BACKEND), e.g. inductor")
     args = parser.parse_args()
     if args.device is not None:
         devices = [torch.device(args.device)]
@@ -68,6 +71,10 @@ def main() -> None:
             ("nearest_shell", rate(leech.nearest_shell, x, repeats)),
             ("nearest_shell_reference (196,560)", rate(leech.nearest_shell_reference, ref)),
         ]
+        if args.compile:
+            compiled = leech.compiled_nearest(args.compile)
+            compiled(x)  # compiles for this device (the warm-up call in rate is shorter)
+            rows.insert(1, (f"nearest, compiled ({args.compile})", rate(compiled, x, repeats)))
         for name, value in rows:
             print(f"{device.type:5s} {name:36s} {value:14,.0f} points/s")
         g = second_moment(max(args.n, 100_000), device, gen)

@@ -8,6 +8,7 @@ import torch
 from lsq.codec import tables
 from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, mean_index, scale_index
 from lsq.codec.lattice_prior import leech_log_prob, leech_log_prob_centred
+from lsq.codec.leech import compiled_nearest
 from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, LeechQuantizer, from_blocks, to_blocks
 from lsq.models.latent_codecs.base import SCALE_BOUND, LatentCodec, as_numpy, spread
 
@@ -42,12 +43,18 @@ class LeechLatentCodec(LatentCodec):
     def __init__(self, M: int, proxy: str = "mixed", mean_shift: bool = True) -> None:
         super().__init__(M, proxy)
         self.mean_shift = mean_shift
+        self.quantizer = LeechQuantizer()
+
+    def compile_rate(self, backend: str = "inductor") -> None:
+        """The prior, and the lattice search of the training proxy as well."""
+        super().compile_rate(backend)
+        self.quantizer = LeechQuantizer(compiled_nearest(backend))
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scales, means = (to_blocks(p) for p in params.chunk(2, 1))
         anchor = means if self.mean_shift else torch.zeros_like(means)
-        p = LeechQuantizer().proxy(to_blocks(y) - anchor, LEECH_UNIT_STEP, self.training_proxy())
+        p = self.quantizer.proxy(to_blocks(y) - anchor, LEECH_UNIT_STEP, self.training_proxy())
         sigma = scales.clamp(min=SCALE_BOUND) / LEECH_UNIT_STEP
         if self.mean_shift:
             log_p = self.log_prob_centred(p.rate_input, sigma)
