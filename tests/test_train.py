@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +397,19 @@ def test_training_a_compiled_context_model_with_lrp(data, tmp_path):
     assert meta["codec_options"] == {"context": "channel-groups", "lrp": True}
     with pytest.raises(tr.ConfigError, match="unknown --compile backend 'fast'"):
         tr.train(tiny_config(tmp_path / "b", compile="fast"), tiny_model, data)
+
+
+def test_training_on_two_processes_through_torchrun(image_dirs, tmp_path):
+    """The several-GPU path (torchrun, DDP) on two CPU processes (gloo): both ranks step
+    together and rank 0 writes the weights, counting both ranks' images."""
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "lsq.models.train", "--images", *map(str, image_dirs), "--out", str(out),
+         "--quantizer", "leech", "--N", "8", "--M", "24", "--batch", "2", "--crop", "64",
+         "--steps", "4", "--log-every", "2", "--val-every", "0", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "device cpu x2" in result.stdout + result.stderr
+    config = json.loads(safe_open(str(out / tr.EXPORT_NAME), "pt").metadata()["config"])
+    assert config["steps"] == 4 and config["images_seen"] == 4 * 2 * 2
