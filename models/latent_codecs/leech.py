@@ -79,7 +79,7 @@ class LeechLatentCodec(LatentCodec):
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        coder, quantizer = LeechCoder(), LeechQuantizer()
+        coder, quantizer = LeechCoder(), self.quantizer  # symbols: always the eager search
         s, mq = self.coding_parameters(params)
         anchor, step = self.anchor(params), torch.tensor(LEECH_UNIT_STEP, dtype=torch.float64)
         if enc is not None:
