@@ -7,6 +7,8 @@ training crops at random qualities), DIR/NAME-val.csv (held-out bpp and PSNR per
 and DIR/NAME.png. Several logs are one run continued (``--init`` restarts count from 0):
 each later log's steps are shifted to follow the previous one's last step, or STEP, the
 step of the weights the next log started from (later records of that log are dropped).
+A committed DIR/NAME.csv (with its NAME-val.csv) can stand first, so a later session extends
+the shipped log without the earlier sessions' log.jsonl files.
 """
 
 from __future__ import annotations
@@ -20,12 +22,25 @@ from pathlib import Path
 TRAIN_KEYS = ("step", "images_per_s", "loss", "bpp", "psnr", "lr")
 
 
+def _read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return [{k: int(v) if k == "step" else float(v) for k, v in row.items() if v}
+                for row in csv.DictReader(f)]
+
+
+def _records(path: Path) -> list[dict]:
+    """A log.jsonl's records, or a committed NAME.csv's rows and its NAME-val.csv's."""
+    if path.suffix == ".csv":
+        return _read_csv(path) + _read_csv(path.with_name(f"{path.stem}-val.csv"))
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
 def read_logs(specs: list[str]) -> tuple[list[dict], list[dict]]:
     """(training records, validation records), steps made continuous across the logs."""
     train, val, offset = [], [], 0
     for spec in specs:
         path, _, until = spec.partition(":")
-        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        records = _records(Path(path))
         last = int(until) if until else max((r["step"] for r in records), default=0)
         for r in records:
             if r["step"] <= last:
@@ -45,7 +60,9 @@ def to_csv(rows: list[dict], keys: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lsq.models.training_log")
     parser.add_argument("name")
-    parser.add_argument("logs", nargs="+", help="log.jsonl files, each optionally :STEP")
+    parser.add_argument("logs", nargs="+",
+                        help="log.jsonl files (a committed NAME.csv may come first), "
+                        "each optionally :STEP")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args(argv)
     import matplotlib

@@ -1,0 +1,38 @@
+"""The committed training logs: several runs joined into one CSV, and a shipped CSV extended."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from lsq.models import training_log
+
+
+def _write_log(path: Path, steps: list[int], val_steps: list[int]) -> Path:
+    records = [{"step": s, "images_per_s": 100.0, "loss": 1.0 / s, "bpp": 0.5, "psnr": 30.0,
+                "lr": 2e-4} for s in steps]
+    records += [{"step": s, "val_images": 30, "val_bpp_q1": 0.3, "val_psnr_q1": 27.0 + s / 1000}
+                for s in val_steps]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _column(path: Path, key: str) -> list[float]:
+    with path.open(newline="") as f:
+        return [float(row[key]) for row in csv.DictReader(f)]
+
+
+def test_a_shipped_csv_is_extended_by_a_later_sessions_log(tmp_path):
+    first = _write_log(tmp_path / "a/log.jsonl", [200, 400, 600], [500])
+    second = _write_log(tmp_path / "b/log.jsonl", [200, 400], [200])
+    shipped, extended = tmp_path / "shipped", tmp_path / "extended"
+    training_log.main(["m", f"{first}:500", "-o", str(shipped)])
+    assert _column(shipped / "m.csv", "step") == [200, 400]
+    training_log.main(["m", f"{shipped / 'm.csv'}:550", str(second), "-o", str(extended)])
+    assert _column(extended / "m.csv", "step") == [200, 400, 750, 950]
+    assert _column(extended / "m.csv", "loss") == [1 / 200, 1 / 400, 1 / 200, 1 / 400]
+    assert _column(extended / "m-val.csv", "step") == [500, 750]
+    assert _column(extended / "m-val.csv", "val_psnr_q1") == [27.5, 27.2]
+    assert (extended / "m.png").stat().st_size > 0
