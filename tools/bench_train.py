@@ -4,7 +4,7 @@
                                     [--context channel-groups] [--compile inductor] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
-Imports only torch, numpy and lsq.models, so it runs on the GPU machine with PYTHONPATH set.
+On the GPU machine it needs the carried wheels too: building a model imports constriction.
 """
 
 from __future__ import annotations
