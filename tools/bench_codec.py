@@ -24,7 +24,7 @@ from lsq.image_codec import decode_image, encode_image
 
 def _compressai_seconds(net: torch.nn.Module, rgb: np.ndarray) -> float:
     h, w = (-(-s // 64) * 64 for s in rgb.shape[:2])
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
     x = torch.nn.functional.pad(x, (0, w - rgb.shape[1], 0, h - rgb.shape[0]), mode="replicate")
     start = time.perf_counter()
     with torch.inference_mode():

@@ -1,0 +1,37 @@
+"""tools/swap_latent_codec: a shipped model's latents through its own and another codec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lsq.models.latent_codecs import ScalarLatentCodec, make_latent_codec
+from lsq.tools import swap_latent_codec as swap
+
+
+@pytest.fixture(scope="module")
+def scalar_model():
+    return swap.load_trainable("scalar")
+
+
+def test_the_own_codec_swapped_in_gives_the_same_figures_and_is_put_back(scalar_model):
+    image = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    own = swap.rate_and_psnr(scalar_model, scalar_model.latent_codec, image, 3.0)
+    fresh = make_latent_codec("scalar", scalar_model.M).eval()
+    assert swap.rate_and_psnr(scalar_model, fresh, image, 3.0) == own
+    leech = swap.swapped_codec(scalar_model, "leech")
+    bpp, db = swap.rate_and_psnr(scalar_model, leech, image, 3.0)
+    assert (bpp, db) != own and bpp > 0 and 10 < db < 60
+    assert isinstance(scalar_model.latent_codec, ScalarLatentCodec)
+
+
+def test_a_codec_reading_other_hyper_parameters_is_refused(scalar_model):
+    with pytest.raises(ValueError, match="reads other hyper parameters"):
+        swap.swapped_codec(scalar_model, "bsq")
+
+
+def test_unknown_names_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit, match="is not shipped"):
+        swap.main(["--model", "no-such-model", "--codec", "leech"])
+    with pytest.raises(SystemExit, match="unknown quantizer"):
+        swap.main(["--model", "scalar", "--codec", "no-such-codec"])
