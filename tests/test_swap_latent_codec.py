@@ -30,7 +30,7 @@ def test_a_codec_reading_other_hyper_parameters_is_refused(scalar_model):
         swap.swapped_codec(scalar_model, "bsq")
 
 
-def test_unknown_names_exit_with_a_message(capsys):
+def test_unknown_names_exit_with_a_message():
     with pytest.raises(SystemExit, match="is not shipped"):
         swap.main(["--model", "no-such-model", "--codec", "leech"])
     with pytest.raises(SystemExit, match="unknown quantizer"):
