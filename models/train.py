@@ -54,7 +54,8 @@ class TrainConfig:
     """Everything a run depends on; saved in every checkpoint."""
 
     quantizer: str = dataclasses.field(
-        default="scalar", metadata={"help": "scalar | bsq | leech | spherical-leech"})
+        default="scalar",
+        metadata={"help": "scalar | bsq | leech | spherical-leech | leech-hybrid"})
     quality_min: int = dataclasses.field(
         default=1, metadata={"help": "lowest integer quality (lambda 0.0018 ... 0.18 for 1..8)"})
     quality_max: int = dataclasses.field(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -35,3 +37,14 @@ def test_unknown_names_exit_with_a_message():
         swap.main(["--model", "no-such-model", "--codec", "leech"])
     with pytest.raises(SystemExit, match="unknown quantizer"):
         swap.main(["--model", "scalar", "--codec", "no-such-codec"])
+
+
+def test_blocks_above_the_scale_threshold_take_the_other_codec(scalar_model):
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    image = [torch.cat([torch.full_like(noise[..., :32], 0.5), noise[..., 32:]], -1)]
+    own = swap.rate_and_psnr(scalar_model, scalar_model.latent_codec, image, 6.0)
+    leech = swap.swapped_codec(scalar_model, "leech")
+    everywhere = swap.rate_and_psnr(scalar_model, leech, image, 6.0)
+    assert swap.rate_and_psnr(scalar_model, leech, image, 6.0, above=math.inf) == own
+    assert swap.rate_and_psnr(scalar_model, leech, image, 6.0, above=-math.inf) == everywhere
+    assert swap.rate_and_psnr(scalar_model, leech, image, 6.0, above=0.5) not in (own, everywhere)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lsq.codec.quantizers import BLOCK, from_blocks, to_blocks
+from lsq.eval.bdrate import bd_rate
 from lsq.models import registry, weights_file
 from lsq.models.hyperprior import LsqHyperprior, build_model
 from lsq.models.latent_codecs import LatentCodec, make_latent_codec
@@ -50,18 +52,27 @@ def swapped_codec(net: LsqHyperprior, codec: str) -> LatentCodec:
 
 @torch.no_grad()
 def rate_and_psnr(net: LsqHyperprior, codec: LatentCodec, images: list[torch.Tensor],
-                  quality: float) -> tuple[float, float]:
-    """Mean bpp (the model's -log2 P of y and z) and PSNR of the mean MSE, with ``codec``."""
-    own, net.latent_codec = net.latent_codec, codec
-    try:
-        bits = mse = 0.0
-        for x in images:
-            out = net(x, quality=quality)
-            rate = sum(-torch.log2(lik).sum().item() for lik in out["likelihoods"].values())
-            bits += rate / (x.shape[2] * x.shape[3])
-            mse += (out["x_hat"].clamp(0, 1) - x).square().mean().item()
-    finally:
-        net.latent_codec = own
+                  quality: float, above: float = -math.inf) -> tuple[float, float]:
+    """Mean bpp (the model's -log2 P of y and z) and PSNR of the mean MSE, with ``codec`` on
+    the 24-channel blocks whose mean predicted scale exceeds ``above`` and the model's own
+    codec on the others (the choice depends on the hyper parameters alone, so a decoder
+    could make it too)."""
+    q = torch.tensor([quality])
+    bits = mse = 0.0
+    for x in images:
+        y = net.g_a(x) * net.gains(q)
+        z_hat, z_likelihoods = net.entropy_bottleneck(net.h_a(y))
+        params = net.h_s(z_hat)
+        y_own, lik_own = net.latent_codec(y, params)
+        y_other, lik_other = codec(y, params)
+        chosen = to_blocks(params.chunk(2, 1)[0]).mean(-1, keepdim=True) > above
+        chosen = from_blocks(chosen.expand(*chosen.shape[:-1], BLOCK))
+        y_hat = torch.where(chosen, y_other, y_own)
+        likelihoods = torch.where(chosen, lik_other["y"], lik_own["y"])
+        x_hat = net.g_s(y_hat * net.gains(q, inverse=True)).clamp(0, 1)
+        rate = -torch.log2(likelihoods).sum() - torch.log2(z_likelihoods).sum()
+        bits += rate.item() / (x.shape[2] * x.shape[3])
+        mse += (x_hat - x).square().mean().item()
     return bits / len(images), 10 * math.log10(len(images) / mse)
 
 
@@ -71,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codec", required=True, help="the latent codec to swap in, e.g. leech")
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--above", type=float, default=-math.inf,
+                        help="CODEC only on blocks whose mean predicted scale exceeds this")
     args = parser.parse_args(argv)
     try:
         net = load_trainable(args.model)
@@ -82,14 +95,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"swap_latent_codec: no PNG images in {args.dataset}")
     images = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None]
               .float().div(255) for p in paths]
-    print(f"{args.model}'s latents, {len(images)} images: own codec against {args.codec}")
+    where = "" if args.above == -math.inf else f" on blocks of mean scale > {args.above:g}"
+    print(f"{args.model}'s latents, {len(images)} images: own codec against {args.codec}{where}")
     print(f"{'quality':>7} {'own bpp':>8} {'own dB':>7} {args.codec + ' bpp':>12} "
           f"{args.codec + ' dB':>11} {'bits ratio':>10}")
+    own_curve, curve = [], []
     for q in range(net.gains.low, net.gains.high + 1):
-        own_bpp, own_db = rate_and_psnr(net, net.latent_codec, images, float(q))
-        bpp, db = rate_and_psnr(net, codec, images, float(q))
+        own_curve.append(rate_and_psnr(net, net.latent_codec, images, float(q)))
+        curve.append(rate_and_psnr(net, codec, images, float(q), args.above))
+        (own_bpp, own_db), (bpp, db) = own_curve[-1], curve[-1]
         print(f"{q:>7} {own_bpp:>8.4f} {own_db:>7.2f} {bpp:>12.4f} {db:>11.2f} "
               f"{bpp / own_bpp:>10.3f}")
+    print(f"BD-rate (PSNR) against the own codec: "
+          f"{bd_rate(*zip(*own_curve, strict=True), *zip(*curve, strict=True)):+.2f} %")
 
 
 if __name__ == "__main__":

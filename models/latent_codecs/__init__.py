@@ -12,12 +12,14 @@ from lsq.models.latent_codecs.base import LatentCodec
 from lsq.models.latent_codecs.bsq import BSQLatentCodec
 from lsq.models.latent_codecs.channel_groups import ChannelGroupsLatentCodec
 from lsq.models.latent_codecs.leech import LeechLatentCodec
+from lsq.models.latent_codecs.leech_hybrid import LeechHybridLatentCodec
 from lsq.models.latent_codecs.scalar import ScalarLatentCodec
 from lsq.models.latent_codecs.spherical_leech import SphericalLeechLatentCodec
 
 LATENT_CODECS: dict[str, type[LatentCodec]] = {
     codec.name: codec
-    for codec in (ScalarLatentCodec, BSQLatentCodec, LeechLatentCodec, SphericalLeechLatentCodec)
+    for codec in (ScalarLatentCodec, BSQLatentCodec, LeechLatentCodec, SphericalLeechLatentCodec,
+                  LeechHybridLatentCodec)
 }
 
 #: Context models: "none" (the hyperprior alone) or "channel-groups" (options: ``groups``).
@@ -38,5 +40,5 @@ def make_latent_codec(name: str, M: int, proxy: str = "mixed", context: str = "n
 
 
 __all__ = ["CONTEXTS", "LATENT_CODECS", "LatentCodec", "BSQLatentCodec",
-           "ChannelGroupsLatentCodec", "LeechLatentCodec", "ScalarLatentCodec",
-           "SphericalLeechLatentCodec", "make_latent_codec"]
+           "ChannelGroupsLatentCodec", "LeechHybridLatentCodec", "LeechLatentCodec",
+           "ScalarLatentCodec", "SphericalLeechLatentCodec", "make_latent_codec"]

@@ -13,12 +13,12 @@ from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, LeechQuantizer, from_bl
 from lsq.models.latent_codecs.base import SCALE_BOUND, LatentCodec, as_numpy, spread
 
 
-def _blocks(t: torch.Tensor) -> torch.Tensor:
+def latent_blocks(t: torch.Tensor) -> torch.Tensor:
     """(M, H, W) -> (M/24 * H * W, 24): one latent's blocks, flattened in order."""
     return to_blocks(t[None]).reshape(-1, BLOCK)
 
 
-def _unblocks(b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def latent_from_blocks(b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     m, h, w = shape
     return from_blocks(b.reshape(1, m // BLOCK, h, w, BLOCK))[0]
 
@@ -66,7 +66,7 @@ class LeechLatentCodec(LatentCodec):
         """What ``LeechCoder`` codes the blocks under, from integer-exact hyper outputs
         (C, H, W): scale indices into ``THETA_SCALES`` and means in 1 / MEAN_GRID units,
         both in the integer frame (means all 0 when mean-shifted)."""
-        scales, means = (as_numpy(_blocks(p.to(torch.float64))) for p in params.chunk(2, 0))
+        scales, means = (as_numpy(latent_blocks(p.to(torch.float64))) for p in params.chunk(2, 0))
         s = scale_index(scales.clip(min=SCALE_BOUND) / LEECH_UNIT_STEP, tables.theta_tables())
         if self.mean_shift:
             return s, np.zeros_like(s)
@@ -74,7 +74,7 @@ class LeechLatentCodec(LatentCodec):
 
     def anchor(self, params: torch.Tensor) -> torch.Tensor:
         """Blocks (n, 24) of the point the lattice is anchored at, float64 on the CPU."""
-        means = _blocks(params[self.M :].to(torch.float64).cpu())
+        means = latent_blocks(params[self.M :].to(torch.float64).cpu())
         return means if self.mean_shift else torch.zeros_like(means)
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
@@ -83,9 +83,9 @@ class LeechLatentCodec(LatentCodec):
         s, mq = self.coding_parameters(params)
         anchor, step = self.anchor(params), torch.tensor(LEECH_UNIT_STEP, dtype=torch.float64)
         if enc is not None:
-            points = quantizer.symbols(_blocks(y) - anchor, step).numpy()
+            points = quantizer.symbols(latent_blocks(y) - anchor, step).numpy()
             coder.encode(enc, points, s, mq)
         else:
             points = coder.decode(dec, s, mq)
         recon = quantizer.reconstruct(torch.from_numpy(points), step) + anchor
-        return _unblocks(recon, torch.Size((self.M, *params.shape[1:])))
+        return latent_from_blocks(recon, torch.Size((self.M, *params.shape[1:])))

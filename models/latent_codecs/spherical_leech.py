@@ -18,7 +18,7 @@ from lsq.models.latent_codecs.base import (
     gaussian_likelihood,
     spread,
 )
-from lsq.models.latent_codecs.leech import _blocks, _unblocks
+from lsq.models.latent_codecs.leech import latent_blocks, latent_from_blocks
 
 
 class SphericalLeechLatentCodec(LatentCodec):
@@ -62,7 +62,7 @@ class SphericalLeechLatentCodec(LatentCodec):
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         m, k = self.M, self.M // BLOCK
         params = params.to(torch.float64).cpu()
-        scales, means = as_numpy(_blocks(params[:m])), as_numpy(_blocks(params[m : 2 * m]))
+        scales, means = (as_numpy(latent_blocks(p)) for p in (params[:m], params[m : 2 * m]))
         s = scale_index(scales.clip(min=SCALE_BOUND), tables.theta_tables())
         mq = mean_index(means)
         gain_scale = as_numpy(params[2 * m : 2 * m + k]).reshape(-1)
@@ -73,7 +73,7 @@ class SphericalLeechLatentCodec(LatentCodec):
         quantizer, step = SphericalLeechQuantizer(), self.coding_step.to(torch.float64).cpu()
         coder = ShellCoder()
         if enc is not None:
-            points_t, gains_t = quantizer.symbols(_blocks(y), step)
+            points_t, gains_t = quantizer.symbols(latent_blocks(y), step)
             points, gains = points_t.numpy(), gains_t.reshape(-1).numpy()
             coder.encode(enc, points, s, mq)
             enc.table_offsets(gains - centre, rows, gauss)
@@ -82,4 +82,4 @@ class SphericalLeechLatentCodec(LatentCodec):
             gains = dec.table_offsets(rows, gauss) + centre
         recon = quantizer.reconstruct(torch.from_numpy(points), torch.from_numpy(gains)[:, None],
                                       step)
-        return _unblocks(recon, torch.Size((m, *params.shape[1:])))
+        return latent_from_blocks(recon, torch.Size((m, *params.shape[1:])))
