@@ -38,7 +38,9 @@ class LeechHybridLatentCodec(LatentCodec):
         self.rounding.compile_rate(backend)
 
     def lattice_blocks(self, scales: torch.Tensor) -> torch.Tensor:
-        """Which blocks go to Λ24, from the scales (..., M, H, W): (..., M/24, H, W, 1)."""
+        """Which blocks go to Λ24, from the scales (..., M, H, W): (..., M/24, H, W, 1). At
+        coding time the scales are fixed-point values held in float64, whose sums are exact in
+        any order, so every machine makes the same choice."""
         return to_blocks(scales).mean(-1, keepdim=True) > self.above
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
