@@ -39,12 +39,21 @@ def test_unknown_names_exit_with_a_message():
         swap.main(["--model", "scalar", "--codec", "no-such-codec"])
 
 
-def test_blocks_above_the_scale_threshold_take_the_other_codec(scalar_model):
+def test_leech_hybrid_takes_the_lattice_above_its_scale_threshold(scalar_model):
     noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     image = [torch.cat([torch.full_like(noise[..., :32], 0.5), noise[..., 32:]], -1)]
+
+    def measured(codec: str, **options) -> tuple[float, float]:
+        return swap.rate_and_psnr(scalar_model, swap.swapped_codec(scalar_model, codec,
+                                                                   **options), image, 6.0)
+
     own = swap.rate_and_psnr(scalar_model, scalar_model.latent_codec, image, 6.0)
-    leech = swap.swapped_codec(scalar_model, "leech")
-    everywhere = swap.rate_and_psnr(scalar_model, leech, image, 6.0)
-    assert swap.rate_and_psnr(scalar_model, leech, image, 6.0, above=math.inf) == own
-    assert swap.rate_and_psnr(scalar_model, leech, image, 6.0, above=-math.inf) == everywhere
-    assert swap.rate_and_psnr(scalar_model, leech, image, 6.0, above=0.5) not in (own, everywhere)
+    everywhere = measured("leech")
+    assert measured("leech-hybrid", above=math.inf) == own
+    assert measured("leech-hybrid", above=-math.inf) == everywhere
+    assert measured("leech-hybrid", above=0.5) not in (own, everywhere)
+
+
+def test_above_is_refused_for_other_codecs():
+    with pytest.raises(SystemExit, match="leech-hybrid only"):
+        swap.main(["--model", "scalar", "--codec", "leech", "--above", "1"])

@@ -1,6 +1,6 @@
 """Same latents, another quantizer: how much a model's transforms are made for its own.
 
-    python -m lsq.tools.swap_latent_codec --model scalar --codec leech
+    python -m lsq.tools.swap_latent_codec --model scalar --codec leech | leech-hybrid
         [--above SCALE] [--dataset ../shared/data/kodak] [--images 6]
 
 At each integer quality the model's latent y and hyper parameters go once through its own
@@ -10,9 +10,9 @@ the same hyper parameters as the model's own (a scale and a mean per channel: `l
 `scalar`). Session 14, six Kodak images: the `scalar` model's latents cost 1.95x the bits
 through `leech` at quality 1 and 1.07x at quality 8, while the `leech` model's latents cost
 1.41x through rounding at quality 1: each model's transforms shape their latents for their
-own quantizer, most of all at low rates. With ``--above 1`` (CODEC only on blocks whose
-mean predicted scale exceeds 1, the rule of the `leech-hybrid` codec), `scalar`'s latents
-cost 1.13 % fewer bits at equal PSNR (BD-rate) than through rounding alone.
+own quantizer, most of all at low rates. Through `leech-hybrid` (Λ24 on the blocks whose
+mean predicted scale exceeds ``--above``, default 1, rounding on the others), `scalar`'s
+latents cost 1.13 % fewer bits at equal PSNR (BD-rate) than through rounding alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lsq.codec.quantizers import BLOCK, from_blocks, to_blocks
 from lsq.eval.bdrate import bd_rate
 from lsq.models import registry, weights_file
 from lsq.models.hyperprior import LsqHyperprior, build_model
@@ -42,9 +41,9 @@ def load_trainable(name: str) -> LsqHyperprior:
     return net.eval()
 
 
-def swapped_codec(net: LsqHyperprior, codec: str) -> LatentCodec:
+def swapped_codec(net: LsqHyperprior, codec: str, **options) -> LatentCodec:
     """``codec`` for the model's M channels; ValueError unless it reads the same parameters."""
-    other = make_latent_codec(codec, net.M).eval()
+    other = make_latent_codec(codec, net.M, **options).eval()
     own = net.latent_codec
     if (type(own).planes, own.hyper_channels) != (type(other).planes, other.hyper_channels):
         raise ValueError(f"{codec!r} reads other hyper parameters than {net.quantizer!r} "
@@ -54,27 +53,18 @@ def swapped_codec(net: LsqHyperprior, codec: str) -> LatentCodec:
 
 @torch.no_grad()
 def rate_and_psnr(net: LsqHyperprior, codec: LatentCodec, images: list[torch.Tensor],
-                  quality: float, above: float = -math.inf) -> tuple[float, float]:
-    """Mean bpp (the model's -log2 P of y and z) and PSNR of the mean MSE, with ``codec`` on
-    the 24-channel blocks whose mean predicted scale exceeds ``above`` and the model's own
-    codec on the others (the choice depends on the hyper parameters alone, so a decoder
-    could make it too)."""
-    q = torch.tensor([quality])
-    bits = mse = 0.0
-    for x in images:
-        y = net.g_a(x) * net.gains(q)
-        z_hat, z_likelihoods = net.entropy_bottleneck(net.h_a(y))
-        params = net.h_s(z_hat)
-        y_own, lik_own = net.latent_codec(y, params)
-        y_other, lik_other = codec(y, params)
-        chosen = to_blocks(params.chunk(2, 1)[0]).mean(-1, keepdim=True) > above
-        chosen = from_blocks(chosen.expand(*chosen.shape[:-1], BLOCK))
-        y_hat = torch.where(chosen, y_other, y_own)
-        likelihoods = torch.where(chosen, lik_other["y"], lik_own["y"])
-        x_hat = net.g_s(y_hat * net.gains(q, inverse=True)).clamp(0, 1)
-        rate = -torch.log2(likelihoods).sum() - torch.log2(z_likelihoods).sum()
-        bits += rate.item() / (x.shape[2] * x.shape[3])
-        mse += (x_hat - x).square().mean().item()
+                  quality: float) -> tuple[float, float]:
+    """Mean bpp (the model's -log2 P of y and z) and PSNR of the mean MSE, with ``codec``."""
+    own, net.latent_codec = net.latent_codec, codec
+    try:
+        bits = mse = 0.0
+        for x in images:
+            out = net(x, quality=quality)
+            rate = sum(-torch.log2(lik).sum().item() for lik in out["likelihoods"].values())
+            bits += rate / (x.shape[2] * x.shape[3])
+            mse += (out["x_hat"].clamp(0, 1) - x).square().mean().item()
+    finally:
+        net.latent_codec = own
     return bits / len(images), 10 * math.log10(len(images) / mse)
 
 
@@ -84,12 +74,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codec", required=True, help="the latent codec to swap in, e.g. leech")
     parser.add_argument("--dataset", type=Path, default=Path("../shared/data/kodak"))
     parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--above", type=float, default=-math.inf,
-                        help="CODEC only on blocks whose mean predicted scale exceeds this")
+    parser.add_argument("--above", type=float, default=None,
+                        help="leech-hybrid: Λ24 on blocks whose mean predicted scale exceeds this")
     args = parser.parse_args(argv)
+    if args.above is not None and args.codec != "leech-hybrid":
+        sys.exit("swap_latent_codec: --above applies to --codec leech-hybrid only")
     try:
         net = load_trainable(args.model)
-        codec = swapped_codec(net, args.codec)
+        options = {} if args.above is None else {"above": args.above}
+        codec = swapped_codec(net, args.codec, **options)
     except (registry.RegistryError, registry.UnknownModelError, ValueError) as e:
         sys.exit(f"swap_latent_codec: {e}")
     paths = sorted(args.dataset.glob("*.png"))[: args.images]
@@ -97,14 +90,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"swap_latent_codec: no PNG images in {args.dataset}")
     images = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None]
               .float().div(255) for p in paths]
-    where = "" if args.above == -math.inf else f" on blocks of mean scale > {args.above:g}"
-    print(f"{args.model}'s latents, {len(images)} images: own codec against {args.codec}{where}")
+    print(f"{args.model}'s latents, {len(images)} images: own codec against {args.codec}")
     print(f"{'quality':>7} {'own bpp':>8} {'own dB':>7} {args.codec + ' bpp':>12} "
           f"{args.codec + ' dB':>11} {'bits ratio':>10}")
     own_curve, curve = [], []
     for q in range(net.gains.low, net.gains.high + 1):
         own_curve.append(rate_and_psnr(net, net.latent_codec, images, float(q)))
-        curve.append(rate_and_psnr(net, codec, images, float(q), args.above))
+        curve.append(rate_and_psnr(net, codec, images, float(q)))
         (own_bpp, own_db), (bpp, db) = own_curve[-1], curve[-1]
         print(f"{q:>7} {own_bpp:>8.4f} {own_db:>7.2f} {bpp:>12.4f} {db:>11.2f} "
               f"{bpp / own_bpp:>10.3f}")
