@@ -91,14 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     images = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None]
               .float().div(255) for p in paths]
     print(f"{args.model}'s latents, {len(images)} images: own codec against {args.codec}")
-    print(f"{'quality':>7} {'own bpp':>8} {'own dB':>7} {args.codec + ' bpp':>12} "
-          f"{args.codec + ' dB':>11} {'bits ratio':>10}")
+    wide = len(args.codec) + 4
+    print(f"{'quality':>7} {'own bpp':>8} {'own dB':>7} {args.codec + ' bpp':>{wide}} "
+          f"{args.codec + ' dB':>{wide}} {'bits ratio':>10}")
     own_curve, curve = [], []
     for q in range(net.gains.low, net.gains.high + 1):
         own_curve.append(rate_and_psnr(net, net.latent_codec, images, float(q)))
         curve.append(rate_and_psnr(net, codec, images, float(q)))
         (own_bpp, own_db), (bpp, db) = own_curve[-1], curve[-1]
-        print(f"{q:>7} {own_bpp:>8.4f} {own_db:>7.2f} {bpp:>12.4f} {db:>11.2f} "
+        print(f"{q:>7} {own_bpp:>8.4f} {own_db:>7.2f} {bpp:>{wide}.4f} {db:>{wide}.2f} "
               f"{bpp / own_bpp:>10.3f}")
     print(f"BD-rate (PSNR) against the own codec: "
           f"{bd_rate(*zip(*own_curve, strict=True), *zip(*curve, strict=True)):+.2f} %")
