@@ -79,13 +79,20 @@ class LeechLatentCodec(LatentCodec):
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        coder, quantizer = LeechCoder(), self.quantizer  # symbols: always the eager search
         s, mq = self.coding_parameters(params)
-        anchor, step = self.anchor(params), torch.tensor(LEECH_UNIT_STEP, dtype=torch.float64)
-        if enc is not None:
-            points = quantizer.symbols(latent_blocks(y) - anchor, step).numpy()
-            coder.encode(enc, points, s, mq)
-        else:
-            points = coder.decode(dec, s, mq)
-        recon = quantizer.reconstruct(torch.from_numpy(points), step) + anchor
+        blocks = latent_blocks(y) if enc is not None else None
+        recon = self.code_blocks(s, mq, self.anchor(params), enc, dec, blocks)
         return latent_from_blocks(recon, torch.Size((self.M, *params.shape[1:])))
+
+    def code_blocks(self, s: np.ndarray, mq: np.ndarray, anchor: torch.Tensor,
+                    enc: Encoder | None = None, dec: Decoder | None = None,
+                    blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode ``blocks`` (n, 24) or decode n blocks under ``coding_parameters`` rows s, mq
+        and the anchor's rows; returns the reconstructed blocks, float64."""
+        step = torch.tensor(LEECH_UNIT_STEP, dtype=torch.float64)
+        if enc is not None:  # symbols: always the eager search
+            points = self.quantizer.symbols(blocks - anchor, step).numpy()
+            LeechCoder().encode(enc, points, s, mq)
+        else:
+            points = LeechCoder().decode(dec, s, mq)
+        return self.quantizer.reconstruct(torch.from_numpy(points), step) + anchor

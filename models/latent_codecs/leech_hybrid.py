@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from lsq.codec import tables
-from lsq.codec.entropy_coding import Decoder, Encoder, LeechCoder, scale_index
-from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, ScalarQuantizer, from_blocks, to_blocks
-from lsq.models.latent_codecs.base import SCALE_BOUND, LatentCodec
+from lsq.codec.entropy_coding import Decoder, Encoder
+from lsq.codec.quantizers import BLOCK, from_blocks, to_blocks
+from lsq.models.latent_codecs.base import LatentCodec
 from lsq.models.latent_codecs.leech import LeechLatentCodec, latent_blocks, latent_from_blocks
 from lsq.models.latent_codecs.scalar import ScalarLatentCodec
 
@@ -45,6 +44,8 @@ class LeechHybridLatentCodec(LatentCodec):
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Both codecs on every block, then each block's pick: fixed shapes, so the compiled
+        rate graphs stay static, at the price of the other codec's work on every block."""
         y_lattice, lik_lattice = self.lattice(y, params)
         y_round, lik_round = self.rounding(y, params)
         chosen = self.lattice_blocks(params.chunk(2, 1)[0].detach())
@@ -57,28 +58,14 @@ class LeechHybridLatentCodec(LatentCodec):
         params = params.to(torch.float64).cpu()
         scales, means = (latent_blocks(p) for p in params.chunk(2, 0))
         on_lattice = self.lattice_blocks(params[None, : self.M])[0].reshape(-1)
-        recon = torch.empty_like(scales)
-        blocks = latent_blocks(y) if enc is not None else None
-
-        s, mq = (a[on_lattice.numpy()] for a in self.lattice.coding_parameters(params))
-        anchor = self.lattice.anchor(params)[on_lattice]
-        step = torch.tensor(LEECH_UNIT_STEP, dtype=torch.float64)
-        quantizer = self.lattice.quantizer
-        if enc is not None:
-            points = quantizer.symbols(blocks[on_lattice] - anchor, step).numpy()
-            LeechCoder().encode(enc, points, s, mq)
-        else:
-            points = LeechCoder().decode(dec, s, mq)
-        recon[on_lattice] = quantizer.reconstruct(torch.from_numpy(points), step) + anchor
-
         rounded = ~on_lattice
-        gauss = tables.gauss_tables()
-        rows = scale_index(scales[rounded].reshape(-1).numpy().clip(min=SCALE_BOUND), gauss)
-        mean_r = means[rounded]
-        if enc is not None:
-            symbols = ScalarQuantizer().symbols(blocks[rounded], mean_r)
-            enc.table_offsets(symbols.reshape(-1).numpy(), rows, gauss)
-        else:
-            symbols = torch.from_numpy(dec.table_offsets(rows, gauss)).reshape(mean_r.shape)
-        recon[rounded] = ScalarQuantizer().reconstruct(symbols, mean_r)
+        blocks = latent_blocks(y) if enc is not None else None
+        recon = torch.empty_like(scales)
+        s, mq = (a[on_lattice.numpy()] for a in self.lattice.coding_parameters(params))
+        recon[on_lattice] = self.lattice.code_blocks(
+            s, mq, self.lattice.anchor(params)[on_lattice], enc, dec,
+            None if blocks is None else blocks[on_lattice])
+        recon[rounded] = self.rounding.code_values(
+            scales[rounded], means[rounded], enc, dec,
+            None if blocks is None else blocks[rounded])
         return latent_from_blocks(recon, torch.Size((self.M, *params.shape[1:])))

@@ -29,11 +29,17 @@ class ScalarLatentCodec(LatentCodec):
 
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        scales, means = (as_numpy(p).reshape(-1) for p in params.chunk(2, 0))
+        return self.code_values(*params.chunk(2, 0), enc=enc, dec=dec, y=y)
+
+    @staticmethod
+    def code_values(scales: torch.Tensor, means: torch.Tensor, enc: Encoder | None = None,
+                    dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode y - means rounded, or decode it, each value under the Gaussian of its
+        scale, in the order of the flattened tensors (any shape); returns the reconstruction."""
         gauss = tables.gauss_tables()
-        rows = scale_index(scales.clip(min=SCALE_BOUND), gauss)
+        rows = scale_index(as_numpy(scales).reshape(-1).clip(min=SCALE_BOUND), gauss)
         quantizer = ScalarQuantizer()
-        mean_t = torch.from_numpy(means).reshape(self.M, *params.shape[1:])
+        mean_t = torch.from_numpy(as_numpy(means))
         if enc is not None:
             symbols = quantizer.symbols(y, mean_t)
             enc.table_offsets(symbols.reshape(-1).numpy(), rows, gauss)
