@@ -2,8 +2,8 @@
 # One GPU session of training (issue 12's plan): models trained in the background, sharing
 # the machine's GPUs, each with its own stop time.
 #
-# NAME is a quantizer (leech, scalar, spherical-leech, bsq, leech-hybrid), then optionally -cg for its
-# channel-groups context model (-cg-lrp with latent residual prediction), -mM for M latent
+# NAME is a quantizer (leech, scalar, spherical-leech, bsq, leech-hybrid), then optionally -cg
+# for its channel-groups context model (-cg-lrp with latent residual prediction), -mM for M latent
 # channels (default 192) and -qN for a fixed-rate model at integer quality N; without -qN a
 # model covers qualities 1..8. bsq is fixed-rate and codes at most M/256 bpp, so a bsq curve
 # takes models of several M: bsq-m96-q1 bsq-q2 bsq-m384-q6 (the shipped curve).
