@@ -56,6 +56,8 @@ _GF4_MUL = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [0, 2, 3, 1], [0, 3, 1, 2]])
 
 _CPU_CHUNK = 512
 _CUDA_CHUNK = 1 << 16
+_CPU_SHELL_CHUNK = 128
+_CUDA_SHELL_CHUNK = 1 << 15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,14 +456,20 @@ def _decode_in_chunks(y: torch.Tensor, decode: Callable[[torch.Tensor], torch.Te
     if flat.shape[0] == 0:
         return torch.zeros(y.shape, dtype=torch.int64, device=y.device)
     chunk = _CUDA_CHUNK if y.is_cuda else _CPU_CHUNK
+    return _rows_in_chunks(flat, decode, chunk, pad).view(y.shape)
+
+
+def _rows_in_chunks(flat: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int,
+                    pad: bool) -> torch.Tensor:
+    """``fn`` over slices of ``chunk`` rows of flat (N > 0, 24), results concatenated; with
+    ``pad`` every slice is padded to ``chunk`` rows, so one compiled graph serves them all."""
 
     def padded(part: torch.Tensor) -> torch.Tensor:
         rows = part.shape[0]
-        return decode(torch.nn.functional.pad(part, (0, 0, 0, chunk - rows)))[:rows]
+        return fn(torch.nn.functional.pad(part, (0, 0, 0, chunk - rows)))[:rows]
 
     with torch.no_grad():
-        out = torch.cat(_chunked(flat.contiguous(), padded if pad else decode, chunk))
-    return out.view(y.shape)
+        return torch.cat(_chunked(flat.contiguous(), padded if pad else fn, chunk))
 
 
 def nearest_reference(y: torch.Tensor) -> torch.Tensor:
@@ -603,6 +611,35 @@ def shell_index(points: torch.Tensor) -> torch.Tensor:
     return idx.view(t.shape[:-1])
 
 
+@torch.compiler.disable  # built from numpy once, never traced (see compiled_nearest_shell)
+@lru_cache(maxsize=16)
+def _shell_search_tables(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Float and index tables of :func:`_shell_chunk` for a device and float dtype."""
+    tb = _shell_tables(device)
+    return {
+        "incidence": tb["octad_incidence"].to(dtype),  # (24, 759)
+        "signs": (1 - 2 * tb["code"].T).to(dtype),  # (24, 4096): (-1)^c_k
+        "octads": tb["octads"],
+        "code": tb["code"],
+        "pair_index": tb["pair_index"],
+        "descending": torch.tensor(
+            [float(1 << (23 - r)) for r in range(24)], dtype=dtype, device=device),
+        "ascending": torch.tensor(
+            [float(1 << r) for r in range(24)], dtype=dtype, device=device),
+        "flip_cost": torch.tensor(  # change of the octad sign bits when position a flips
+            [float(1 << a) for a in range(7)] + [0.0], dtype=dtype, device=device),
+    }
+
+
+def _top_bit(p: torch.Tensor) -> torch.Tensor:
+    """floor(log2 p) for positive integers p < 2^24 held exactly in a float tensor.
+
+    Read off the float32 exponent field, so there is no rounding as log2 would have (log2 of
+    2^24 - 1 rounds to 24 in float32); zero gives -127.
+    """
+    return (p.to(torch.float32).view(torch.int32) >> 23) - 127
+
+
 def _odd_scores(u: torch.Tensor, code_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact best inner product of u (P, 24) with odd minimal vectors of codeword rows (P, 24):
     <u, x> = Σ v - 4 min_k v_k with v = (-1)^c u; returns (score, position k of the ∓3)."""
@@ -612,76 +649,65 @@ def _odd_scores(u: torch.Tensor, code_rows: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def _shell_chunk(u: torch.Tensor) -> torch.Tensor:
-    """Index of the first-shell point maximising <u, x> for a (B, 24) chunk.
+    """Index of the first-shell point maximising <u, x> for a (B, 24) chunk, in fixed shapes.
 
-    Shapes are searched separately: the two largest |u_i|; for each octad the sum of |u_i|
-    with a sign-parity fix; for each codeword the odd-shape score. Octads and codewords get an
-    upper bound from one matrix product each (2 sum_O |u|; correlation + 4 max|u|), and their
-    exact score is evaluated only where that bound can beat the best exact score found so far.
+    Every octad and every codeword is scored (no candidate lists, so no host syncs and one
+    graph for torch.compile), each shape's winner is then rescored exactly and the three
+    compared; exact ties go to the lowest canonical index, as brute force over
+    :func:`first_shell` gives. The per-octad minimum and the odd shape's ∓3 come from matrix
+    products of powers of two (integers below 2^24, exact in any summation order, TF32
+    included), whose top bit names the coordinate by its rank in |u|:
+
+    * octad O: 2 Σ_O |u| - 4 min_O |u| where O's minus signs are odd; min_O |u| is |u| at the
+      highest rank in O, the top bit of Σ_{k∈O} 2^rank(k);
+    * codeword c: <u, (-1)^c> + 4 max_k (-v_k) with v = (-1)^c u; the maximum is |u_k| at the
+      first coordinate, in decreasing |u|, where c disagrees with u's signs (the top bit of
+      Σ_k 2^(23 - rank(k)) [c_k ≠ s_k]), or -min |u| where c matches the signs.
     """
-    tb = _shell_tables(u.device)
+    tb = _shell_search_tables(u.device, u.dtype)
     b = u.shape[0]
     rows = torch.arange(b, device=u.device)
     mag = u.abs()
     negative = (u < 0).to(torch.int64)
+    by_rank, order = mag.sort(-1, descending=True)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(24, device=u.device).expand(b, 24))
 
-    # (±4, ±4, 0^22)
+    # (±4, ±4, 0^22): the two largest |u_i|
     i = mag.argmax(-1)
     j = mag.scatter(1, i[:, None], -1.0).argmax(-1)
     lo, hi = torch.minimum(i, j), torch.maximum(i, j)
     score_pair = 4 * (mag[rows, i] + mag[rows, j])
     pair_idx = 4 * tb["pair_index"][lo, hi] + 2 * negative[rows, lo] + negative[rows, hi]
 
-    # (±2^8, 0^16) with an even number of minus signs: 2 sum_O |u|, less 4 min_O |u| where the
-    # octad's minus signs are odd (the smallest coordinate flips)
-    oct_pos, incidence = tb["octads"], tb["octad_incidence"].to(u.dtype)
-    bound = 2 * (mag @ incidence)  # (B, 759): every octad's score or more, up to rounding
-    odd_neg = (negative.to(u.dtype) @ incidence).round().to(torch.int64) & 1
-
-    def octad_scores(r: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact scores of octads o in rows r, and where their smallest |u| is."""
-        m = mag[r[:, None], oct_pos[o]]
-        low, low_at = m.min(-1)
-        return 2 * m.sum(-1) - 4 * low * odd_neg[r, o], low_at
-
-    # (∓3, ±1^23): the codeword of highest correlation gives one exact score at once
-    code = tb["code"]
-    corr = u.sum(-1, keepdim=True) - 2 * (u @ code.T.to(u.dtype))  # (B, 4096)
-    top = corr.argmax(-1)
-    score_top, pos_top = _odd_scores(u, code[top])
-
-    first = octad_scores(rows, bound.argmax(-1))[0]
-    floor = torch.maximum(torch.maximum(score_pair, first), score_top)
-    slack = 1e-5 * bound.amax(-1)  # the products' rounding, with a wide margin
-    cand_row, cand_oct = torch.nonzero(bound >= (floor - slack)[:, None], as_tuple=True)
-    cand_score, _ = octad_scores(cand_row, cand_oct)
-    score_oct = torch.full_like(floor, -torch.inf).scatter_reduce(
-        0, cand_row, cand_score, "amax", include_self=True)
-    winner = cand_score >= score_oct[cand_row]
-    best_oct = torch.full_like(top, len(oct_pos)).scatter_reduce(
-        0, cand_row[winner], cand_oct[winner], "amin", include_self=True).clamp(
-        max=len(oct_pos) - 1)  # the first best octad, as a plain argmax would take
-    _, low_at = octad_scores(rows, best_oct)
-    signs = negative.gather(1, oct_pos[best_oct])  # (B, 8)
-    signs = signs ^ (odd_neg[rows, best_oct][:, None]
-                     * (torch.arange(8, device=u.device) == low_at[:, None]))
+    # (±2^8, 0^16) with an even number of minus signs
+    lhs = torch.cat([mag, negative.to(u.dtype), tb["ascending"][rank]])
+    total, minus, ranks = (lhs @ tb["incidence"]).view(3, b, -1)
+    low = by_rank.gather(1, _top_bit(ranks).clamp(0, 23))
+    odd_neg = minus.to(torch.int64) & 1
+    best_oct = (2 * total - 4 * low * odd_neg).argmax(-1)
+    oct_pos = tb["octads"][best_oct]  # (B, 8)
+    signs = negative.gather(1, oct_pos)
+    m = mag.gather(1, oct_pos)
+    low = m.amin(-1, keepdim=True)
+    odd = signs.sum(-1, keepdim=True) & 1
+    score_oct = 2 * m.sum(-1) - 4 * low[:, 0] * odd[:, 0]
+    # among the equally small coordinates, flip the one that leaves the lowest index
+    cost = tb["flip_cost"] * (1 - 2 * signs).to(u.dtype)
+    flip = torch.where(m == low, cost, torch.inf).argmin(-1, keepdim=True)
+    signs = signs ^ (odd * (torch.arange(8, device=u.device) == flip))
     oct_idx = _N_PAIR + 128 * best_oct + (signs[:, :7] << torch.arange(7, device=u.device)).sum(-1)
 
-    floor = torch.maximum(floor, score_oct)
-    cand_row, cand_code = torch.nonzero(corr + 4 * mag.amax(-1, keepdim=True) > floor[:, None],
-                                        as_tuple=True)
-    cand_score, cand_pos = _odd_scores(u[cand_row], code[cand_code])
-    cand_key = 24 * cand_code + cand_pos
-    score_odd = torch.full_like(floor, -torch.inf).scatter_reduce(
-        0, cand_row, cand_score, "amax", include_self=True
-    )
-    winner = cand_score >= score_odd[cand_row]
-    odd_key = torch.full_like(top, 24 * 4096).scatter_reduce(
-        0, cand_row[winner], cand_key[winner], "amin", include_self=True
-    )
-    use_top = score_top >= score_odd
-    score_odd = torch.where(use_top, score_top, score_odd)
-    odd_idx = _ODD_START + torch.where(use_top, 24 * top + pos_top, odd_key)
+    # (∓3, ±1^23)
+    weight = tb["descending"][rank]
+    lhs = torch.cat([u, weight * (1 - 2 * negative).to(u.dtype)])
+    corr, agree = (lhs @ tb["signs"]).view(2, b, -1)
+    differ = (weight.sum(-1, keepdim=True) - agree) * 0.5  # Σ 2^(23 - rank) [c_k ≠ s_k]
+    top = _top_bit(differ)
+    reach = torch.where(top >= 0, by_rank.gather(1, (23 - top).clamp(0, 23)), -by_rank[:, 23:])
+    best_code = (corr + 4 * reach).argmax(-1)
+    score_odd, pos = _odd_scores(u, tb["code"][best_code])
+    odd_idx = _ODD_START + 24 * best_code + pos
 
     scores = torch.stack([score_pair, score_oct, score_odd], -1)
     shape = scores.argmax(-1)
@@ -691,18 +717,34 @@ def _shell_chunk(u: torch.Tensor) -> torch.Tensor:
 def nearest_shell(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Spherical Λ24-SQ quantizer: the minimal vector maximising <u, x> for directions u.
 
-    Returns (index (...) int64, point (..., 24) int64) on u's device. The zero vector maps to
-    a fixed valid point; NaN or infinite input raises ValueError.
+    Returns (index (...) int64, point (..., 24) int64) on u's device; ties go to the lowest
+    canonical index. The zero vector maps to a fixed valid point; NaN or infinite input raises
+    ValueError.
     """
+    return _shell_in_chunks(u, _shell_chunk, pad=False)
+
+
+def compiled_nearest_shell(
+    backend: str = "inductor",
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`nearest_shell` with its search through ``torch.compile``, for training loops.
+
+    As :func:`compiled_nearest`: every chunk is padded to the full chunk size so that one
+    graph serves every batch, and the first call compiles for seconds. Same indices.
+    """
+    search = torch.compile(_shell_chunk, backend=backend, dynamic=False)
+    return lambda u: _shell_in_chunks(u, search, pad=True)
+
+
+def _shell_in_chunks(u: torch.Tensor, search: Callable[[torch.Tensor], torch.Tensor],
+                     pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     u = _check_float(u)
     flat = u.reshape(-1, 24)
     if flat.shape[0] == 0:
         index = torch.zeros(u.shape[:-1], dtype=torch.int64, device=u.device)
-    else:
-        chunk = _CUDA_CHUNK // 8 if u.is_cuda else 512
-        with torch.no_grad():
-            index = torch.cat(_chunked(flat.contiguous(), _shell_chunk, chunk))
-        index = index.view(u.shape[:-1])
+        return index, shell_point(index)
+    chunk = _CUDA_SHELL_CHUNK if u.is_cuda else _CPU_SHELL_CHUNK
+    index = _rows_in_chunks(flat, search, chunk, pad).view(u.shape[:-1])
     return index, shell_point(index)
 
 

@@ -149,8 +149,14 @@ class SphericalLeechQuantizer:
     """Gain times a first-shell direction (Lambda24-SQ of Zhao et al. 2025).
 
     The direction is the first-shell point of largest inner product; the gain
-    ||y|| is rounded on a grid of ``gain_step``.
+    ||y|| is rounded on a grid of ``gain_step``. ``nearest_shell`` serves the training proxy
+    only (``leech.compiled_nearest_shell`` when training compiles); symbols for coding always
+    come from the eager ``leech.nearest_shell``.
     """
+
+    def __init__(self, nearest_shell: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                 = leech.nearest_shell) -> None:
+        self.nearest_shell = nearest_shell
 
     def quantize(self, y: torch.Tensor, gain_step: torch.Tensor) -> torch.Tensor:
         points, gains = self.symbols(y, gain_step)
@@ -165,7 +171,7 @@ class SphericalLeechQuantizer:
         _check_proxy(kind)
         gain = y.norm(dim=-1, keepdim=True)
         u = y / gain.clamp(min=1e-6) * SHELL_NORM
-        _, point = leech.nearest_shell(u.detach())
+        _, point = self.nearest_shell(u.detach())
         hard_dir = straight_through(u, point.to(u.dtype))
         g = gain / gain_step
         hard_gain = straight_through(g, torch.round(g))

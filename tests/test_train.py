@@ -353,6 +353,7 @@ def test_bad_configurations_are_refused_before_training(tmp_path, change, messag
 @pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
 def test_compiled_rate_matches_eager(quantizer: str) -> None:
     """compile_rate changes how the training rate is computed, not what it is."""
+    from lsq.codec.leech import nearest_shell
     from lsq.models.hyperprior import build_model
 
     torch.manual_seed(2)
@@ -365,6 +366,8 @@ def test_compiled_rate_matches_eager(quantizer: str) -> None:
             model.latent_codec.compile_rate("aot_eager")
         inner = model.latent_codec.codecs
         assert all(name in vars(c) for c in inner for name in c.rate_functions) == compiled
+        if quantizer == "spherical-leech":  # its first-shell search compiles too
+            assert all((c.quantizer.nearest_shell is not nearest_shell) == compiled for c in inner)
         torch.manual_seed(1)
         out = model(x, q)
         bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())

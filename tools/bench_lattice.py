@@ -6,7 +6,8 @@ Points/s of nearest and nearest_shell (float32 batches of --n) on CPU and, when 
 on CUDA (with warm-up and torch.cuda.synchronize); the brute-force references are timed on a
 small batch. G = E||e||² / (24 V^(1/12)) with V = 8^12 the cell volume in the integer frame,
 measured on data uniform over [0, 8)^24 (a period of Λ24, so the error is uniform on a cell).
-``--compile`` adds the training loop's compiled nearest (``leech.compiled_nearest``).
+``--compile`` adds the training loop's compiled searches (``leech.compiled_nearest`` and
+``leech.compiled_nearest_shell``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def main() -> None:
             compiled = leech.compiled_nearest(args.compile)
             compiled(x)  # compiles for this device (the warm-up call in rate is shorter)
             rows.insert(1, (f"nearest, compiled ({args.compile})", rate(compiled, x, repeats)))
+            compiled_shell = leech.compiled_nearest_shell(args.compile)
+            compiled_shell(x)
+            rows.insert(4, (f"nearest_shell, compiled ({args.compile})",
+                            rate(compiled_shell, x, repeats)))
         for name, value in rows:
             print(f"{device.type:5s} {name:36s} {value:14,.0f} points/s")
         g = second_moment(max(args.n, 100_000), device, gen)

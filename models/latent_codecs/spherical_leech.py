@@ -8,6 +8,7 @@ from torch import nn
 
 from lsq.codec import tables
 from lsq.codec.entropy_coding import Decoder, Encoder, mean_index, scale_index
+from lsq.codec.leech import compiled_nearest_shell
 from lsq.codec.quantizers import BLOCK, SphericalLeechQuantizer, from_blocks, to_blocks
 from lsq.codec.shell_coding import ShellCoder
 from lsq.codec.shell_prior import shell_log_prob
@@ -42,6 +43,12 @@ class SphericalLeechLatentCodec(LatentCodec):
         self.log_gain_step = nn.Parameter(torch.tensor(0.0))
         # The step the coder uses, frozen by update(): no exp() at coding time.
         self.register_buffer("coding_step", torch.ones(()))
+        self.quantizer = SphericalLeechQuantizer()
+
+    def compile_rate(self, backend: str = "inductor") -> None:
+        """The priors, and the first-shell search of the training proxy as well."""
+        super().compile_rate(backend)
+        self.quantizer = SphericalLeechQuantizer(compiled_nearest_shell(backend))
 
     def update(self) -> None:
         self.coding_step.fill_(float(self.log_gain_step.detach().exp()))
@@ -50,7 +57,7 @@ class SphericalLeechLatentCodec(LatentCodec):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         k = self.M // BLOCK
         scales, means, gain_params = params.split([self.M, self.M, 2 * k], dim=1)
-        direction, gain = SphericalLeechQuantizer().proxy(
+        direction, gain = self.quantizer.proxy(
             to_blocks(y), self.log_gain_step.exp(), self.training_proxy())
         log_p = self.log_prob(direction.rate_input, to_blocks(means),
                                to_blocks(scales).clamp(min=SCALE_BOUND))
