@@ -53,6 +53,15 @@ def test_leech_hybrid_takes_the_lattice_above_its_scale_threshold(scalar_model):
     assert measured("leech-hybrid", above=-math.inf) == everywhere
     assert measured("leech-hybrid", above=0.5) not in (own, everywhere)
 
+    def share(above: float) -> tuple[float, float]:
+        hybrid = swap.swapped_codec(scalar_model, "leech-hybrid", above=above)
+        return swap.lattice_share(scalar_model, hybrid, image, 6.0)
+
+    assert share(math.inf) == (0.0, 0.0) and share(-math.inf) == (1.0, 1.0)
+    blocks, bits = share(0.5)
+    assert 0 < blocks < 1 and 0 < bits < 1
+    assert isinstance(scalar_model.latent_codec, ScalarLatentCodec)
+
 
 def test_above_is_refused_for_other_codecs():
     with pytest.raises(SystemExit, match="leech-hybrid only"):
