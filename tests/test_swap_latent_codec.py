@@ -55,7 +55,9 @@ def test_leech_hybrid_takes_the_lattice_above_its_scale_threshold(scalar_model):
 
     def share(above: float) -> tuple[float, float]:
         hybrid = swap.swapped_codec(scalar_model, "leech-hybrid", above=above)
-        return swap.lattice_share(scalar_model, hybrid, image, 6.0)
+        with swap.lattice_share(hybrid) as shares:
+            swap.rate_and_psnr(scalar_model, hybrid, image, 6.0)
+        return shares()
 
     assert share(math.inf) == (0.0, 0.0) and share(-math.inf) == (1.0, 1.0)
     blocks, bits = share(0.5)

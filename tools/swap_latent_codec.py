@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +83,11 @@ def rate_and_psnr(net: LsqHyperprior, codec: LatentCodec, images: list[torch.Ten
     return bits / len(images), 10 * math.log10(len(images) / mse)
 
 
-@torch.no_grad()
-def lattice_share(net: LsqHyperprior, codec: LeechHybridLatentCodec,
-                  images: list[torch.Tensor], quality: float) -> tuple[float, float]:
-    """Share of y's blocks, and of y's bits (-log2 P), that ``codec`` puts on Λ24."""
+@contextmanager
+def lattice_share(codec: LeechHybridLatentCodec) -> Iterator[Callable[[], tuple[float, float]]]:
+    """While open, counts y's blocks, and y's bits (-log2 P), that ``codec``'s forward passes
+    put on Λ24; yields the function that gives their shares, so the pass that measures the
+    rate measures the share too."""
     counts = torch.zeros(4, dtype=torch.float64)
 
     def count(module: LeechHybridLatentCodec, inputs: tuple, output: tuple) -> None:
@@ -97,12 +98,9 @@ def lattice_share(net: LsqHyperprior, codec: LeechHybridLatentCodec,
 
     handle = codec.register_forward_hook(count)
     try:
-        with swapped_in(net, codec):
-            for x in images:
-                net(x, quality=quality)
+        yield lambda: (float(counts[0] / counts[1]), float(counts[2] / counts[3]))
     finally:
         handle.remove()
-    return float(counts[0] / counts[1]), float(counts[2] / counts[3])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,12 +134,13 @@ def main(argv: list[str] | None = None) -> None:
           + ("  Λ24 blocks, bits (leech-hybrid)" if hybrid else ""))
     own_curve, curve = [], []
     for q in range(net.gains.low, net.gains.high + 1):
-        own_curve.append(rate_and_psnr(net, net.latent_codec, images, float(q)))
-        curve.append(rate_and_psnr(net, codec, images, float(q)))
+        with lattice_share(hybrid) if hybrid else nullcontext(None) as shares:
+            own_curve.append(rate_and_psnr(net, net.latent_codec, images, float(q)))
+            curve.append(rate_and_psnr(net, codec, images, float(q)))
         (own_bpp, own_db), (bpp, db) = own_curve[-1], curve[-1]
         share = ""
-        if hybrid:
-            blocks, bits = lattice_share(net, hybrid, images, float(q))
+        if shares:
+            blocks, bits = shares()
             share = f"  {100 * blocks:5.1f} %, {100 * bits:5.1f} %"
         print(f"{q:>7} {own_bpp:>8.4f} {own_db:>7.2f} {bpp:>{wide}.4f} {db:>{wide}.2f} "
               f"{bpp / own_bpp:>10.3f}{share}")

@@ -77,16 +77,16 @@ class SphericalLeechLatentCodec(LatentCodec):
         gauss = tables.gauss_tables()
         rows = scale_index(gain_scale.clip(min=SCALE_BOUND), gauss)
         centre = np.floor(gain_mean + 0.5).astype(np.int64)
-        quantizer, step = SphericalLeechQuantizer(), self.coding_step.to(torch.float64).cpu()
+        step = self.coding_step.to(torch.float64).cpu()
         coder = ShellCoder()
         if enc is not None:
-            points_t, gains_t = quantizer.symbols(latent_blocks(y), step)
+            points_t, gains_t = self.quantizer.symbols(latent_blocks(y), step)
             points, gains = points_t.numpy(), gains_t.reshape(-1).numpy()
             coder.encode(enc, points, s, mq)
             enc.table_offsets(gains - centre, rows, gauss)
         else:
             points = coder.decode(dec, s, mq)
             gains = dec.table_offsets(rows, gauss) + centre
-        recon = quantizer.reconstruct(torch.from_numpy(points), torch.from_numpy(gains)[:, None],
-                                      step)
+        recon = self.quantizer.reconstruct(torch.from_numpy(points),
+                                           torch.from_numpy(gains)[:, None], step)
         return latent_from_blocks(recon, torch.Size((m, *params.shape[1:])))
