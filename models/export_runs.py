@@ -2,7 +2,8 @@
 
     python -m lsq.models.export_runs RUNS_DIR OUT_DIR
 
-Runs stopped by --max-minutes or --stop-step have no final export of their own.
+Runs stopped by --max-minutes or --stop-step have no final export of their own. A run that
+cannot be exported (a diverged one, say) is reported and skipped, so the others still come back.
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     runs = sorted(p for p in args.runs.iterdir() if p.is_dir() and checkpoint_exists(p))
+    failed = 0
     with ProcessPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        for name, steps, size in pool.map(export_run, runs, [args.out] * len(runs)):
+        futures = {run.name: pool.submit(export_run, run, args.out) for run in runs}
+        for run_name, future in futures.items():
+            try:
+                name, steps, size = future.result()
+            except Exception as error:  # noqa: BLE001 - one bad run must not cost the others
+                failed += 1
+                print(f"{run_name}: not exported ({type(error).__name__}: {error})")
+                continue
             print(f"{name}: {steps} steps, {size / 2**20:.1f} MiB")
+    raise SystemExit(1 if failed else 0)
 
 
 if __name__ == "__main__":

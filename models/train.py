@@ -43,6 +43,7 @@ ModelBuilder = Callable[[dict], nn.Module]
 CKPT_PART_BYTES = 16_000_000  # < 16 MiB, the most one file may hold on its way back
 CKPT_MANIFEST = "checkpoint.json"
 EXPORT_NAME = "final.safetensors"
+MAX_ROLLBACKS = 3  # a run that diverges again after this many halvings of lr stops
 EXPORT_META_KEYS = (
     "name", "family", "qualities", "default_quality", "codec_options", "N", "M", "steps",
     "images_seen", "batch", "crop", "data", "gpu_time", "command",
@@ -131,6 +132,11 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     """A training configuration that cannot run: the user's input, reported in one line."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite after MAX_ROLLBACKS rollbacks; the last checkpoint is the last
+    finite state."""
 
 
 def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
@@ -624,7 +630,7 @@ def train(
     sampler = CropSampler(train_imgs, cfg.crop, device, cfg.min_scale, (cfg.seed, rank))
     val_crops = center_crops(val_imgs, cfg.crop, device) if is_main else None
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, lr_scale, rollbacks = 0, 0.0, 1.0, 0
     _seed_everything(cfg.seed, rank, 0)
     resuming = cfg.resume and checkpoint_exists(out_dir)
     if cfg.init and not resuming:
@@ -648,6 +654,7 @@ def train(
         opt.load_state_dict(state["optimizer"])
         aux_opt.load_state_dict(state["aux_optimizer"])
         step, elapsed_before = state["step"], state["elapsed_s"]
+        lr_scale = state.get("lr_scale", 1.0)
         if len(state["rng"]) == world:
             _set_rng_state(state["rng"][rank], sampler, device)
         else:  # another world size: fresh streams, same result up to data order
@@ -698,25 +705,48 @@ def train(
             "optimizer": _compact_optimizer_state(
                 opt.state_dict(), getattr(torch, cfg.ckpt_moments)),
             "aux_optimizer": aux_opt.state_dict(),
-            "rng": rng, "world_size": world,
+            "rng": rng, "world_size": world, "lr_scale": lr_scale,
         })
 
+    def roll_back() -> int:
+        """Back to the last checkpoint (every run has one: the first is written before step
+        one) with half the learning rate, after a non-finite loss."""
+        nonlocal lr_scale, rollbacks
+        if rollbacks == MAX_ROLLBACKS:
+            raise TrainingDiverged(
+                f"training diverged (non-finite loss) at step {step} after {rollbacks} "
+                f"rollbacks with the learning rate halved each time; the checkpoint in "
+                f"{out_dir} holds the last finite state")
+        state = load_checkpoint(out_dir)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        aux_opt.load_state_dict(state["aux_optimizer"])
+        lr_scale, rollbacks = lr_scale / 2, rollbacks + 1
+        if is_main:
+            log({"step": state["step"], "rollback_from": step, "lr_scale": lr_scale})
+        return state["step"]
+
     sums = torch.zeros(5, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     t_loop = t_last_ckpt = t_last_log = time.monotonic()
     last_log_step, last_record, last_val = step, {}, {}
     check_every = 1 if world == 1 else 20
+    if not resuming:
+        checkpoint()
     model.train()
     first_step = step
     while step < end:
         late = (cfg.lr_drop_minutes is not None
                 and time.monotonic() - t_start >= cfg.lr_drop_minutes * 60)
-        lr = cfg.lr * (0.1 if step >= drop_step or late else 1.0)
+        lr = cfg.lr * lr_scale * (0.1 if step >= drop_step or late else 1.0)
         if step - first_step < cfg.warmup_steps:
             lr *= (step - first_step + 1) / cfg.warmup_steps
         for group in opt.param_groups:
             group["lr"] = lr
         x = sampler.sample(cfg.batch)
-        sums += train_step(net, model, x, opt, aux_opt, cfg, autocast, world > 1)
+        stats = train_step(net, model, x, opt, aux_opt, cfg, autocast, world > 1)
+        nonfinite |= ~torch.isfinite(stats).all()
+        sums += stats
         step += 1
         if bar is not None:
             bar.update(1)
@@ -738,16 +768,23 @@ def train(
             log(last_val)
             t_last_log = time.monotonic()
 
-        if step % check_every == 0 and step < end:
+        if step % check_every == 0 or step >= end:
             now = time.monotonic()
-            flags = torch.tensor(
-                [now - t_last_ckpt >= cfg.ckpt_minutes * 60,
-                 cfg.max_minutes is not None and now - t_start >= cfg.max_minutes * 60],
-                device=device)
+            flags = torch.stack([
+                torch.tensor(now - t_last_ckpt >= cfg.ckpt_minutes * 60, device=device),
+                torch.tensor(cfg.max_minutes is not None
+                             and now - t_start >= cfg.max_minutes * 60, device=device),
+                nonfinite])
             if world > 1:
                 dist.broadcast(flags, src=0)
-            want_ckpt, time_up = flags.tolist()
-            if time_up:
+            want_ckpt, time_up, diverged = flags.tolist()
+            if diverged:
+                step = last_log_step = roll_back()
+                t_last_log = time.monotonic()
+                sums.zero_()
+                nonfinite.zero_()
+                continue
+            if time_up or step >= end:
                 break
             if want_ckpt:
                 checkpoint()

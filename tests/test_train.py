@@ -416,3 +416,66 @@ def test_training_on_two_processes_through_torchrun(image_dirs, tmp_path):
     assert "device cpu x2" in result.stdout + result.stderr
     config = json.loads(safe_open(str(out / tr.EXPORT_NAME), "pt").metadata()["config"])
     assert config["steps"] == 4 and config["images_seen"] == 4 * 2 * 2
+
+
+def poisoned_train_step(monkeypatch, poison) -> None:
+    """Make training steps for which ``poison(call)`` is true end with NaN weights, as a
+    diverging step does."""
+    real, calls = tr.train_step, []
+
+    def step(net, model, *args, **kwargs):
+        stats = real(net, model, *args, **kwargs)
+        calls.append(len(calls) + 1)
+        if poison(calls[-1]):
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+            return stats * float("nan")
+        return stats
+
+    monkeypatch.setattr(tr, "train_step", step)
+
+
+def test_divergence_rolls_back_to_the_last_checkpoint_with_half_the_lr(data, tmp_path,
+                                                                         monkeypatch):
+    poisoned_train_step(monkeypatch, lambda call: call == 7)
+    result = tr.train(tiny_config(tmp_path), tiny_model, data)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r for r in log if "rollback_from" in r] == [
+        {"step": 0, "rollback_from": 7, "lr_scale": 0.5}]
+    lrs = [(r["step"], r["lr"]) for r in log if "loss" in r]
+    assert lrs[-2:] == [(8, pytest.approx(1.5e-3)), (12, pytest.approx(1.5e-4))]
+    assert result["step"] == 12 and np.isfinite(result["log"]["loss"])
+    state = tr.load_checkpoint(tmp_path)
+    assert state["lr_scale"] == 0.5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert (tmp_path / tr.EXPORT_NAME).is_file()
+
+
+def test_a_run_that_keeps_diverging_stops_and_keeps_its_finite_checkpoint(data, tmp_path,
+                                                                           monkeypatch):
+    poisoned_train_step(monkeypatch, lambda call: call % 3 == 0)
+    with pytest.raises(tr.TrainingDiverged, match="after 3 rollbacks"):
+        tr.train(tiny_config(tmp_path), tiny_model, data)
+    state = tr.load_checkpoint(tmp_path)
+    assert state["step"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / tr.EXPORT_NAME).exists()
+
+
+def test_export_runs_skips_a_run_it_cannot_export(data, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from lsq.models import export_runs
+
+    runs = tmp_path / "runs"
+    tr.train(tiny_config(runs / "good", stop_step=4), tiny_model, data)
+    shutil.copytree(runs / "good", runs / "bad")
+    part = next((runs / "bad").glob("ckpt-*.bin"))
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    monkeypatch.setattr(sys, "argv", ["export_runs", str(runs), str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        export_runs.main()
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "bad: not exported (ValueError: checkpoint part" in out and "good: 4 steps" in out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.safetensors"]
