@@ -770,11 +770,10 @@ def train(
 
         if step % check_every == 0 or step >= end:
             now = time.monotonic()
-            flags = torch.stack([
-                torch.tensor(now - t_last_ckpt >= cfg.ckpt_minutes * 60, device=device),
-                torch.tensor(cfg.max_minutes is not None
-                             and now - t_start >= cfg.max_minutes * 60, device=device),
-                nonfinite])
+            flags = torch.cat([torch.tensor(
+                [now - t_last_ckpt >= cfg.ckpt_minutes * 60,
+                 cfg.max_minutes is not None and now - t_start >= cfg.max_minutes * 60],
+                device=device), nonfinite.reshape(1)])
             if world > 1:
                 dist.broadcast(flags, src=0)
             want_ckpt, time_up, diverged = flags.tolist()
