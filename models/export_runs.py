@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from lsq.models.train import checkpoint_exists, export_weights, load_checkpoint
@@ -31,7 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     runs = sorted(p for p in args.runs.iterdir() if p.is_dir() and checkpoint_exists(p))
     failed = 0
-    with ProcessPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    # spawn, not fork: a forked child of a process whose torch thread pools have started
+    # can deadlock in its first torch call
+    with ProcessPoolExecutor(min(8, os.cpu_count() or 1), get_context("spawn")) as pool:
         futures = {run.name: pool.submit(export_run, run, args.out) for run in runs}
         for run_name, future in futures.items():
             try:
