@@ -16,7 +16,8 @@
 # weights (--init-transforms: any quantizer; what differs in shape starts fresh), e.g.
 # spherical-leech@leech. NAME:STEPS caps a run at STEPS steps of this session (lr drop at
 # 90 % of them), to even out two models' totals. COMPILE=inductor in the environment
-# compiles every run's training rate (--compile; time it first with bench_train --ratio).
+# compiles every run's training rate (--compile; time it first with bench_train --ratio);
+# LR=1e-4 lowers every run's learning rate (default 2e-4; bsq ran clean at 1e-4).
 # On a machine of several GPUs the runs go round-robin over them (GPUS=N in the environment
 # overrides the count nvidia-smi gives; FIRST_GPU=K starts at GPU K, to restart a run beside
 # the others), one process per run, no DDP between them.
@@ -66,7 +67,7 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
   CUDA_VISIBLE_DEVICES=$gpu OMP_NUM_THREADS=2 setsid nohup python3 -m lsq.models.train \
     --out "$runs/$name" --name "$name" \
     --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" \
-    --data "$data" --batch 16 --crop 256 --lr 2e-4 --seed 0 --ckpt-minutes 2 --log-every 200 \
+    --data "$data" --batch 16 --crop 256 --lr "${LR:-2e-4}" --seed 0 --ckpt-minutes 2 --log-every 200 \
     --val-every 1000 --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
     --lr-drop-minutes "$drop" --compile "${COMPILE:-}" "${init[@]}" \
     >"$runs/$name.log" 2>&1 < /dev/null &
