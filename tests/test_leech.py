@@ -257,15 +257,17 @@ def test_nearest_shell_ties_match_brute_force(
 
 
 def test_compiled_nearest_shell(shell_directions: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """One fixed-shape graph (no breaks), padded chunks, the same indices as brute force."""
+    """One fixed-shape graph (no breaks) for search and points, padded chunks, the same
+    indices as brute force and the same points as shell_point."""
     u, ref = shell_directions
     explained = torch._dynamo.explain(leech._shell_chunk)(u[:64])
     assert explained.graph_count == 1 and explained.graph_break_count == 0
     search = leech.compiled_nearest_shell("aot_eager")
     index, point = search(u[:1000])  # not a multiple of the chunk: the last chunk is padded
     assert torch.equal(index, ref[:1000]) and torch.equal(point, leech.shell_point(ref[:1000]))
-    index, _ = search(u[1000:].double())
-    assert torch.equal(index, ref[1000:])
+    index, point = search(u[1000:].double().view(-1, 100, 24))
+    assert torch.equal(index, ref[1000:].view(-1, 100))
+    assert torch.equal(point, leech.shell_point(index))
     assert search(torch.zeros(0, 24))[0].shape == (0,)
     with pytest.raises(ValueError):
         search(torch.full((2, 24), float("nan")))
