@@ -24,8 +24,12 @@ TRAIN_KEYS = ("step", "images_per_s", "loss", "bpp", "psnr", "lr")
 
 def _read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
-        return [{k: int(v) if k == "step" else float(v) for k, v in row.items() if v}
-                for row in csv.DictReader(f)]
+        return [{k: _number(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> int | float:
+    """A CSV cell as the int or float it was written from, so a re-written log is unchanged."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def _records(path: Path) -> list[dict]:

@@ -36,3 +36,7 @@ def test_a_shipped_csv_is_extended_by_a_later_sessions_log(tmp_path):
     assert _column(extended / "m-val.csv", "step") == [500, 750]
     assert _column(extended / "m-val.csv", "val_psnr_q1") == [27.5, 27.2]
     assert (extended / "m.png").stat().st_size > 0
+    # the shipped rows come back byte for byte (val_images stays "30", not "30.0")
+    for name in ("m.csv", "m-val.csv"):
+        shipped_text = (shipped / name).read_text()
+        assert (extended / name).read_text().startswith(shipped_text)
