@@ -52,7 +52,9 @@ def group_transform(in_channels: int, hidden: int, out_channels: int) -> nn.Sequ
     spatial context) and a 1x1 one to ``hidden`` channels, then two 1x1 ones as ELIC's
     parameter aggregation. Depthwise-separable, a context model of N = 128, M = 192 weighs
     15.1 MiB in fp16 (15.7 with LRP); a full 3x3 convolution made it 22 MiB, over the 16 MiB
-    a weights file may take. Only convolutions and ReLU: its integer form is exact."""
+    a file returned from the GPU machine may take (``collect_session.sh`` now splits larger
+    files, so the limit no longer binds a model). Only convolutions and ReLU: its integer
+    form is exact."""
     return nn.Sequential(
         nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
         conv(in_channels, hidden, kernel_size=1, stride=1), nn.ReLU(inplace=True),
