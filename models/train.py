@@ -69,6 +69,9 @@ class TrainConfig:
         default="none", metadata={"help": "context model: none | channel-groups"})
     lrp: bool = dataclasses.field(
         default=False, metadata={"help": "latent residual prediction (channel-groups only)"})
+    group_transform: str = dataclasses.field(
+        default="separable",
+        metadata={"help": "channel-groups transforms: separable | full (3x3 convolutions)"})
     steps: int = dataclasses.field(default=100_000, metadata={"help": "total optimizer steps"})
     out: str = dataclasses.field(
         default="runs/train", metadata={"help": "run folder: log, checkpoint, final weights"})
@@ -146,6 +149,7 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
     from lsq.codec.quantizers import BLOCK, PROXIES
 
     from .latent_codecs import CONTEXTS, LATENT_CODECS
+    from .latent_codecs.channel_groups import GROUP_TRANSFORMS
     from .quality import MAX_QUALITY, MIN_QUALITY, snap_quality
 
     problems = []
@@ -169,6 +173,11 @@ def check_config(cfg: TrainConfig, data_given: bool = False) -> None:
         problems.append(f"unknown --context {cfg.context!r} (one of {', '.join(CONTEXTS)})")
     if cfg.lrp and cfg.context != "channel-groups":
         problems.append("--lrp needs --context channel-groups")
+    if cfg.group_transform not in GROUP_TRANSFORMS:
+        problems.append(f"unknown --group-transform {cfg.group_transform!r} (one of "
+                        f"{', '.join(GROUP_TRANSFORMS)})")
+    elif cfg.group_transform != "separable" and cfg.context != "channel-groups":
+        problems.append("--group-transform needs --context channel-groups")
     if cfg.proxy not in PROXIES:
         problems.append(f"unknown --proxy {cfg.proxy!r} (one of {', '.join(PROXIES)})")
     if cfg.M % BLOCK or cfg.M <= 0 or cfg.N <= 0:
@@ -304,6 +313,8 @@ def codec_options(cfg: dict) -> dict:
         options["context"] = cfg["context"]
     if cfg.get("lrp"):
         options["lrp"] = True
+    if cfg.get("group_transform", "separable") != "separable":
+        options["group_transform"] = cfg["group_transform"]
     return options
 
 
@@ -645,7 +656,7 @@ def train(
     if resuming:
         state = load_checkpoint(out_dir)
         for key in ("quantizer", "N", "M", "quality_min", "quality_max", "origin", "context",
-                    "lrp"):
+                    "lrp", "group_transform"):
             theirs = state["config"].get(key, getattr(TrainConfig, key))
             if theirs != getattr(cfg, key):
                 raise ValueError(f"checkpoint in {out_dir} has {key}={theirs!r}, "

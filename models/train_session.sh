@@ -3,7 +3,8 @@
 # the machine's GPUs, each with its own stop time.
 #
 # NAME is a quantizer (leech, scalar, spherical-leech, bsq, leech-hybrid), then optionally -cg
-# for its channel-groups context model (-cg-lrp with latent residual prediction), -mM for M latent
+# for its channel-groups context model (-cgf: with full 3x3 group transforms; -cg-lrp, -cgf-lrp
+# with latent residual prediction), -mM for M latent
 # channels (default 192) and -qN for a fixed-rate model at integer quality N; without -qN a
 # model covers qualities 1..8. bsq is fixed-rate and codes at most M/256 bpp, so a bsq curve
 # takes models of several M: bsq-m96-q1 bsq-q2 bsq-m384-q6 (the shipped curve).
@@ -17,7 +18,8 @@
 # spherical-leech@leech. NAME:STEPS caps a run at STEPS steps of this session (lr drop at
 # 90 % of them), to even out two models' totals. COMPILE=inductor in the environment
 # compiles every run's training rate (--compile; time it first with bench_train --ratio);
-# LR=1e-4 lowers every run's learning rate (default 2e-4; bsq ran clean at 1e-4).
+# LR=1e-4 lowers every run's learning rate (default 2e-4; bsq ran clean at 1e-4);
+# TRAIN_ARGS adds lsq.models.train flags to every run (e.g. TRAIN_ARGS=--channels-last).
 # On a machine of several GPUs the runs go round-robin over them (GPUS=N in the environment
 # overrides the count nvidia-smi gives; FIRST_GPU=K starts at GPU K, to restart a run beside
 # the others), one process per run, no DDP between them.
@@ -46,14 +48,15 @@ for spec in "$@"; do
   if [[ $base =~ ^(.+)-m([0-9]+)$ ]]; then
     base=${BASH_REMATCH[1]} channels=(--M "${BASH_REMATCH[2]}")
   fi
-  [[ $base == *-cg-lrp ]] && base=${base%-lrp} context=(--lrp)
+  [[ $base == *-cg-lrp || $base == *-cgf-lrp ]] && base=${base%-lrp} context=(--lrp)
+  [[ $base == *-cgf ]] && base=${base%f} context+=(--group-transform full)
   quantizer=${base%-cg}
   [[ $base == *-cg ]] && context+=(--context channel-groups)
   init=() default=${fixed:-2.75}
   if [[ -n $from ]]; then
     init=(--init-transforms "models/weights/$from.safetensors" --warmup-steps 500)
   else
-    for stem in "$name" "${name/-lrp/}" "${name/-cg-lrp/}" "${name/-cg/}"; do
+    for stem in "$name" "${name/-lrp/}" "${name/-cg*-lrp/}" "${name/-cgf/}" "${name/-cg/}"; do
       weights=models/weights/$stem.safetensors
       if [[ -f $weights ]]; then
         init=(--init "$weights" --warmup-steps 500)
@@ -69,6 +72,6 @@ print(read_config(sys.argv[1])['default_quality'])" "$weights")
     --quantizer "$quantizer" "${context[@]}" "${channels[@]}" "${qualities[@]}" \
     --data "$data" --batch 16 --crop 256 --lr "${LR:-2e-4}" --seed 0 --ckpt-minutes 2 --log-every 200 \
     --val-every 1000 --steps "$steps" --default-quality "$default" --max-minutes "$minutes" \
-    --lr-drop-minutes "$drop" --compile "${COMPILE:-}" "${init[@]}" \
+    --lr-drop-minutes "$drop" --compile "${COMPILE:-}" "${init[@]}" ${TRAIN_ARGS:-} \
     >"$runs/$name.log" 2>&1 < /dev/null &
 done

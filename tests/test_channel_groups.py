@@ -25,9 +25,10 @@ def image() -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, 5, 1, 2)
 
 
-def coded_model(quantizer: str, M: int = 72, seed: int = 1, lrp: bool = False):
+def coded_model(quantizer: str, M: int = 72, seed: int = 1, lrp: bool = False,
+                kind: str = "separable"):
     torch.manual_seed(seed)
-    model = build_model(quantizer, N=16, M=M, lrp=lrp, **CONTEXT).eval()
+    model = build_model(quantizer, N=16, M=M, lrp=lrp, group_transform=kind, **CONTEXT).eval()
     with torch.no_grad():  # spread the gains so that the latents are not all zero
         model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
         for transform in model.latent_codec.integer_transforms:  # zero at first: make them
@@ -56,8 +57,10 @@ def test_group_slices_pick_each_groups_own_parameters() -> None:
     assert second.tolist() == [*range(24, 72), *range(96, 144), 145, 146, 148, 149]
 
 
-@pytest.mark.parametrize("quantizer", ["scalar", "leech"])
-def test_starts_as_its_hyperprior_version(quantizer: str, image: torch.Tensor) -> None:
+@pytest.mark.parametrize(("quantizer", "kind"), [("scalar", "separable"), ("leech", "separable"),
+                                                 ("leech", "full")])
+def test_starts_as_its_hyperprior_version(quantizer: str, kind: str, image: torch.Tensor
+                                          ) -> None:
     """Untrained group transforms add nothing, so the context model warm-started from a
     hyperprior model's weights codes the same symbols, and only the transforms are fresh."""
     torch.manual_seed(4)
@@ -65,14 +68,14 @@ def test_starts_as_its_hyperprior_version(quantizer: str, image: torch.Tensor) -
     with torch.no_grad():
         plain.gains.log_gain.add_(2.0)
     plain.update(force=True)
-    context = build_model(quantizer, N=16, M=72, **CONTEXT).eval()
+    context = build_model(quantizer, N=16, M=72, group_transform=kind, **CONTEXT).eval()
     fresh = warm_start(context, plain.state_dict())
     assert fresh == [f"latent_codec.transforms.{k}" for k in range(3)]
     context.update(force=True)
     a, b = plain.compress(image, Q), context.compress(image, Q)
     assert torch.equal(plain.decompress_latents(a["strings"], a["shape"], Q)[0],
                        context.decompress_latents(b["strings"], b["shape"], Q)[0])
-    lrp = build_model(quantizer, N=16, M=72, lrp=True, **CONTEXT).eval()
+    lrp = build_model(quantizer, N=16, M=72, lrp=True, group_transform=kind, **CONTEXT).eval()
     fresh = warm_start(lrp, context.state_dict())  # LRP starts at zero too
     assert fresh == [f"latent_codec.residuals.{k}" for k in range(3)]
     lrp.update(force=True)
@@ -97,15 +100,18 @@ def test_default_groups_and_bad_options() -> None:
         make_latent_codec("leech", 96, groups=[24, 48], **CONTEXT)
     with pytest.raises(ValueError, match="context model"):
         make_latent_codec("leech", 96, context="checkerboard")
+    with pytest.raises(ValueError, match="unknown group transform 'dense'"):
+        make_latent_codec("leech", 96, group_transform="dense", **CONTEXT)
     with pytest.raises(TypeError, match="mean_shift"):
         make_latent_codec("scalar", 48, mean_shift=False, **CONTEXT)
 
 
-@pytest.mark.parametrize("lrp", [False, True])
+@pytest.mark.parametrize(("lrp", "kind"), [(False, "separable"), (True, "separable"),
+                                           (True, "full")])
 @pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
-def test_round_trip_is_exact_and_thread_independent(quantizer: str, lrp: bool,
+def test_round_trip_is_exact_and_thread_independent(quantizer: str, lrp: bool, kind: str,
                                                      image: torch.Tensor) -> None:
-    model = coded_model(quantizer, lrp=lrp)
+    model = coded_model(quantizer, lrp=lrp, kind=kind)
     with torch.no_grad():
         coded = model.compress(image, Q)
         first = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
@@ -148,10 +154,12 @@ def test_training_forward_reaches_the_group_transforms(quantizer: str,
         assert sum(g.abs().sum() for g in grads) > 0
 
 
-def test_integer_group_transform_matches_its_float_form() -> None:
+@pytest.mark.parametrize("kind", ["separable", "full"])
+def test_integer_group_transform_matches_its_float_form(kind: str) -> None:
     torch.manual_seed(3)
-    codec = make_latent_codec("leech", 72, **CONTEXT)
+    codec = make_latent_codec("leech", 72, group_transform=kind, **CONTEXT)
     transform = codec.transforms[2]
+    transform[-1].reset_parameters()  # it starts at zero: give it the usual initialisation
     features = torch.round(torch.randn(1, codec.hyper_channels, 5, 7) * 2**8) / 2**8
     y_hat = torch.randn(1, 48, 5, 7, dtype=torch.float64) * 3
     x = torch.cat([features.double(), y_hat], 1)
@@ -159,8 +167,8 @@ def test_integer_group_transform_matches_its_float_form() -> None:
     with torch.no_grad():
         approx = transform(x.float())
     scaled = exact * 2**latent_coding.ACTIVATION_BITS
-    assert torch.equal(scaled, torch.round(scaled))
-    assert (exact.float() - approx).abs().max() < 0.05
+    assert torch.equal(scaled, torch.round(scaled)) and exact.abs().max() > 0.2
+    assert (exact.float() - approx).abs().max() < 0.02
 
 
 def test_weights_round_trip_through_the_registry(tmp_path: Path, image: torch.Tensor,

@@ -34,12 +34,15 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
 
 def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     cmds = session_commands(tmp_path, "leech", "scalar:600", "spherical-leech@leech",
-                            "bsq-m96-q2", "spherical-leech-cg-lrp", env={"COMPILE": "inductor"})
+                            "bsq-m96-q2", "spherical-leech-cg-lrp", "leech-cgf",
+                            "scalar-cgf-lrp",
+                            env={"COMPILE": "inductor", "TRAIN_ARGS": "--channels-last --bf16"})
     leech = cmds["leech"].split()
     assert leech[leech.index("--quantizer") + 1] == "leech"
     assert "--init models/weights/leech.safetensors --warmup-steps 500" in cmds["leech"]
     assert "--steps 150000" in cmds["leech"] and "--compile inductor" in cmds["leech"]
     assert "--max-minutes 20 --lr-drop-minutes 17" in cmds["leech"]
+    assert all(cmd.split()[-3:-1] == ["--channels-last", "--bf16"] for cmd in cmds.values())
     assert "--steps 600" in cmds["scalar"]
     assert "--init-transforms models/weights/leech.safetensors" in cmds["spherical-leech"]
     assert "--init " not in cmds["spherical-leech"]
@@ -48,6 +51,12 @@ def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     lrp = cmds["spherical-leech-cg-lrp"]  # falls back to the shipped model without -cg-lrp
     assert "--quantizer spherical-leech --lrp --context channel-groups" in lrp
     assert "--init models/weights/spherical-leech.safetensors" in lrp
+    full = cmds["leech-cgf"]  # full group transforms, from the hyperprior model
+    assert "--quantizer leech --group-transform full --context channel-groups" in full
+    assert "--init models/weights/leech.safetensors" in full
+    full_lrp = cmds["scalar-cgf-lrp"]
+    assert "--quantizer scalar --lrp --group-transform full --context channel-groups" in full_lrp
+    assert "--init models/weights/scalar.safetensors" in full_lrp
     assert cmds["leech"].endswith("CUDA_VISIBLE_DEVICES=0")  # one GPU (none here): all on 0
     assert lrp.endswith("CUDA_VISIBLE_DEVICES=0")
 

@@ -296,11 +296,12 @@ def test_command_line_parsing():
     cfg = tr.parse_args(["--quantizer", "leech", "--quality-min", "3", "--steps", "10",
                          "--out", "o", "--images", "a", "b", "--N", "64", "--no-resume",
                          "--max-minutes", "25", "--bf16", "--origin",
-                         "--context", "channel-groups"])
+                         "--context", "channel-groups", "--group-transform", "full"])
     assert (cfg.quantizer, cfg.quality_min, cfg.quality_max, cfg.steps, cfg.images, cfg.N,
             cfg.M, cfg.origin) == ("leech", 3, 8, 10, ["a", "b"], 64, 192, True)
     assert cfg.resume is False and cfg.bf16 is True and cfg.max_minutes == 25.0
     assert cfg.context == "channel-groups" and tr.parse_args([]).context == "none"
+    assert cfg.group_transform == "full" and tr.parse_args([]).group_transform == "separable"
     assert cfg.data is None and tr.parse_args([]).images == []
 
 
@@ -336,6 +337,9 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
     ({"proxy": "dither"}, "unknown --proxy 'dither'"),
     ({"context": "spatial"}, "unknown --context 'spatial'"),
     ({"lrp": True}, "--lrp needs --context channel-groups"),
+    ({"group_transform": "full"}, "--group-transform needs --context channel-groups"),
+    ({"context": "channel-groups", "group_transform": "dense"},
+     "unknown --group-transform 'dense'"),
     ({"crop": 100}, "multiple of 64"),
     ({"M": 50}, "multiple of 24"),
     ({"default_quality": 7.5}, "--default-quality"),
@@ -398,6 +402,16 @@ def test_training_a_compiled_context_model_with_lrp(data, tmp_path):
         meta = json.loads(f.metadata()["config"])
         assert "latent_codec.residuals.1.5.weight" in f.keys()
     assert meta["codec_options"] == {"context": "channel-groups", "lrp": True}
+    full = tiny_config(tmp_path / "c", steps=2, quantizer="scalar", M=48,
+                       context="channel-groups", group_transform="full")
+    tr.train(full, tiny_model, data)
+    with safe_open(str(tmp_path / "c" / tr.EXPORT_NAME), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+        assert f.get_slice("latent_codec.transforms.1.2.weight").get_shape() == [128, 224, 3, 3]
+    assert meta["codec_options"] == {"context": "channel-groups", "group_transform": "full"}
+    with pytest.raises(ValueError, match="group_transform"):  # its checkpoint is not separable
+        tr.train(dataclasses.replace(full, steps=3, group_transform="separable"), tiny_model,
+                 data)
     with pytest.raises(tr.ConfigError, match="unknown --compile backend 'fast'"):
         tr.train(tiny_config(tmp_path / "b", compile="fast"), tiny_model, data)
 

@@ -1,7 +1,8 @@
 """Training throughput: images/s of the crop sampler alone and of full training steps.
 
     python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS]
-                                    [--context channel-groups] [--compile inductor] [--ratio]
+                                    [--context channel-groups [--group-transform full]]
+                                    [--compile inductor] [--channels-last] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 On the GPU machine it needs the carried wheels too: building a model imports constriction.
@@ -46,7 +47,8 @@ def bench(args: argparse.Namespace) -> dict:
     sampler = CropSampler(images, args.crop, device, 0.5, (0, 0))
     torch.manual_seed(0)
     cfg = TrainConfig(quantizer=args.quantizer, context=args.context, N=args.N, M=args.M,
-                      batch=args.batch, crop=args.crop, channels_last=args.channels_last)
+                      group_transform=args.group_transform, batch=args.batch, crop=args.crop,
+                      channels_last=args.channels_last)
     model: nn.Module = default_builder(dataclasses.asdict(cfg)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -77,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_train", description=__doc__)
     parser.add_argument("--quantizer", default="scalar")
     parser.add_argument("--context", default="none", help="none | channel-groups")
+    parser.add_argument("--group-transform", default="separable", help="separable | full")
     parser.add_argument("--N", type=int, default=128)
     parser.add_argument("--M", type=int, default=192)
     parser.add_argument("--batch", type=int, default=16)
@@ -95,13 +98,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "ratio")
     args = parser.parse_args(argv)
     results = bench(args)
-    print(f"{args.quantizer} context={args.context} N={args.N} M={args.M} batch={args.batch} "
-          f"crop={args.crop} bf16={args.bf16} channels_last={args.channels_last} "
+    print(f"{args.quantizer} context={args.context} {args.group_transform} N={args.N} M={args.M} "
+          f"batch={args.batch} crop={args.crop} bf16={args.bf16} "
+          f"channels_last={args.channels_last} "
           f"compile={args.compile or 'off'}: "
           + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
     if args.ratio:
         scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar",
-                                               "context": "none"}))
+                                               "context": "none",
+                                               "group_transform": "separable"}))
         print(f"scalar: train_step {scalar['train_step']:.0f} images/s; {args.quantizer} step "
               f"time / scalar step time = {scalar['train_step'] / results['train_step']:.2f}")
 
