@@ -13,6 +13,8 @@ and correctly rounded float64 operations only.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,8 @@ EXACT_LIMIT = 2.0**52
 def integer_hyper_decode(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """net(x) in exact fixed point; float64 multiples of 2**-ACTIVATION_BITS.
 
-    ``net`` is h_s or any other Sequential of Conv2d, ConvTranspose2d and ReLU layers; x is
+    ``net`` is h_s or any other Sequential of Conv2d, ConvTranspose2d, ReLU and LeakyReLU
+    layers (a negative slope that is a power of two, so that slope * a is exact); x is
     first rounded (half to even, deterministic) to the activation grid, so a float64 input
     that both encoder and decoder hold bit-identical gives bit-identical outputs."""
     a = torch.round(x.to(torch.float64) * 2**ACTIVATION_BITS)
@@ -38,6 +41,12 @@ def integer_hyper_decode(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         for layer in net:
             if isinstance(layer, nn.ReLU):
                 a = a.clamp(min=0)
+                continue
+            if isinstance(layer, nn.LeakyReLU):
+                if math.frexp(layer.negative_slope)[0] != 0.5:
+                    raise TypeError(f"LeakyReLU slope {layer.negative_slope} is not a power of "
+                                    "two: it has no exact integer form")
+                a = torch.where(a >= 0, a, torch.floor(a * layer.negative_slope))
                 continue
             w = torch.round(layer.weight.to(torch.float64) * 2**WEIGHT_BITS)
             b = torch.round(layer.bias.to(torch.float64) * 2 ** (WEIGHT_BITS + ACTIVATION_BITS))

@@ -118,6 +118,19 @@ def test_integer_hyper_decoder_is_exact_and_thread_independent() -> None:
         assert (first.float() - model.h_s(z_hat)).abs().max() < 0.05
 
 
+def test_integer_leaky_relu_rounds_down_and_needs_a_power_of_two_slope() -> None:
+    identity = torch.nn.Conv2d(1, 1, 1)
+    torch.nn.init.ones_(identity.weight)
+    torch.nn.init.zeros_(identity.bias)
+    x = torch.tensor([-3.0, -1.0, -2.0**-8, 0.0, 0.5, 2.0]).reshape(1, 1, 1, 6)
+    net = torch.nn.Sequential(identity, torch.nn.LeakyReLU(0.25))
+    out = latent_coding.integer_hyper_decode(net, x).flatten() * 2**latent_coding.ACTIVATION_BITS
+    assert out.tolist() == [-192.0, -64.0, -1.0, 0.0, 128.0, 512.0]  # floor(a / 4), a < 0
+    with pytest.raises(TypeError, match="power of"):
+        latent_coding.integer_hyper_decode(torch.nn.Sequential(identity,
+                                                               torch.nn.LeakyReLU(0.01)), x)
+
+
 def test_unknown_quantizer_bad_channels_and_qualities_raise() -> None:
     with pytest.raises(ValueError, match="quantizer"):
         build_model("hexagonal")

@@ -55,11 +55,17 @@ GROUP_TRANSFORMS = ("separable", "full")
 #: (CompressAI's ``mbt2020`` channel-conditional models: 224, then 128).
 FULL_WIDTHS = (224, 128)
 
+#: Negative slope of a "full" transform's activations: a power of two (exact in integer form).
+#: With plain ReLU, Adam pushed every unit of the second layer below zero within the first
+#: steps of session 18 (all 2,016 inputs of a unit are >= 0, so its weights all move the same
+#: way), and the transforms never changed the likelihoods.
+LEAK = 2.0**-4
+
 
 def make_transform(in_channels: int, hidden: int, out_channels: int,
                     kind: str = "separable") -> nn.Sequential:
     """A network from hyper features and earlier groups to one group's parameters. Only
-    convolutions and ReLU: its integer form is exact.
+    convolutions and (leaky) ReLU: its integer form is exact.
 
     "separable": a depthwise 3x3 convolution (every channel sees its neighbours) and a 1x1
     one to ``hidden`` channels, then two 1x1 ones as ELIC's parameter aggregation; a context
@@ -67,14 +73,15 @@ def make_transform(in_channels: int, hidden: int, out_channels: int,
     has one spatial filter, so the earlier groups' spatial context is barely used: trained
     to 145k steps it gained 1-2 % at most over its hyperprior version.
     "full": three full 3x3 convolutions (``FULL_WIDTHS``; ``hidden`` unused), Minnen &
-    Singh's slice transform: a 7x7 receptive field with any spatial pattern per channel
-    pair. N = 128, M = 192: 22.8 MiB in fp16 (23.2 with `spherical-leech`), and on a
-    Kodak image the four integer transforms take 0.3 s on two CPU cores (separable: 0.1)."""
+    Singh's slice transform (with LeakyReLU, ``LEAK``, where they use GELU): a 7x7
+    receptive field, any spatial pattern per channel pair. N = 128, M = 192: 22.8 MiB in
+    fp16 (23.2 with ``spherical-leech``); on a Kodak image the four integer transforms take
+    0.3 s on two CPU cores (separable: 0.1)."""
     if kind == "full":
         wide, narrow = FULL_WIDTHS
         return nn.Sequential(
-            conv(in_channels, wide, kernel_size=3, stride=1), nn.ReLU(inplace=True),
-            conv(wide, narrow, kernel_size=3, stride=1), nn.ReLU(inplace=True),
+            conv(in_channels, wide, kernel_size=3, stride=1), nn.LeakyReLU(LEAK, inplace=True),
+            conv(wide, narrow, kernel_size=3, stride=1), nn.LeakyReLU(LEAK, inplace=True),
             conv(narrow, out_channels, kernel_size=3, stride=1),
         )
     if kind != "separable":

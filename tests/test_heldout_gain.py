@@ -1,0 +1,39 @@
+"""The held-out gain of a session: issue 12's stop rule, from a model's validation CSV."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from lsq.tools import heldout_gain
+
+QUALITIES = range(1, 9)
+
+
+def write_log(path: Path, rows: list[tuple[int, float]]) -> None:
+    """Validation rows (step, PSNR offset) over the same rates at every quality."""
+    fields = ["step", *(f"val_bpp_q{q}" for q in QUALITIES), *(f"val_psnr_q{q}" for q in QUALITIES)]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for step, offset in rows:
+            writer.writerow({"step": step, **{f"val_bpp_q{q}": 0.15 * q for q in QUALITIES},
+                             **{f"val_psnr_q{q}": 27 + 1.3 * q + offset for q in QUALITIES}})
+
+
+def test_gain_is_the_psnr_shift_since_the_sessions_start(tmp_path: Path, capsys) -> None:
+    write_log(tmp_path / "m-val.csv", [(1000, 0.0), (2000, 0.1), (3000, 0.25), (33_250, 0.4)])
+    with (tmp_path / "m-val.csv").open() as f:
+        first, last, db = heldout_gain.gain(list(csv.DictReader(f)), 2500)
+    assert (first, last) == (2000, 33_250) and db == pytest.approx(0.3, abs=1e-9)
+    heldout_gain.main(["m:2500", "--logs", str(tmp_path)])  # 31,250 steps = 500k crops
+    assert capsys.readouterr().out.strip() == (
+        "m: step 2,000 -> 33,250: +0.300 dB over 500k crops, +0.300 dB per 500k")
+
+
+def test_bad_requests_exit_with_a_message(tmp_path: Path) -> None:
+    write_log(tmp_path / "m-val.csv", [(1000, 0.0), (2000, 0.1)])
+    for spec, message in [("m", "expected NAME:STEP"), ("m:500", "no validation row"),
+                          ("other:1000", "No such file")]:
+        with pytest.raises(SystemExit, match=message):
+            heldout_gain.main([spec, "--logs", str(tmp_path)])
