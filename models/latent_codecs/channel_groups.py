@@ -56,9 +56,9 @@ GROUP_TRANSFORMS = ("separable", "full")
 FULL_WIDTHS = (224, 128)
 
 #: Negative slope of a "full" transform's activations: a power of two (exact in integer form).
-#: With plain ReLU, Adam pushed every unit of the second layer below zero within the first
-#: steps of session 18 (all 2,016 inputs of a unit are >= 0, so its weights all move the same
-#: way), and the transforms never changed the likelihoods.
+#: With ReLU, session 18's runs ended with every second-layer unit dead and the transforms
+#: changing no likelihood: a unit's 2,016 inputs are all >= 0, so Adam moves all its weights
+#: the same way, about lr each, and a few hundred steps pushed most units below zero for good.
 LEAK = 2.0**-4
 
 
