@@ -19,14 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from lsq.models import weights_file
 from lsq.models.hyperprior import LsqHyperprior, build_model
 from lsq.models.latent_codecs import ChannelGroupsLatentCodec
+from lsq.tools.images import first_pngs
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
 
@@ -97,11 +96,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         net = load(args.weights)
     except (weights_file.WeightsFileError, ValueError, RuntimeError) as e:
         sys.exit(f"check_context: {e}")
-    paths = sorted(args.dataset.glob("*.png"))[: args.images]
-    if not paths:
+    images = first_pngs(args.dataset, args.images)
+    if not images:
         sys.exit(f"check_context: no PNG images in {args.dataset}")
-    images = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None]
-              .float().div(255) for p in paths]
     low, high = net.gains.low, net.gains.high
     if any(not low <= q <= high for q in args.qualities):
         sys.exit(f"check_context: qualities must lie in [{low}, {high}]")

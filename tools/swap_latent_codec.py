@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from lsq.codec.quantizers import to_blocks
 from lsq.eval.bdrate import bd_rate
@@ -38,6 +36,7 @@ from lsq.models import registry, weights_file
 from lsq.models.hyperprior import LsqHyperprior, build_model
 from lsq.models.latent_codecs import LatentCodec, make_latent_codec
 from lsq.models.latent_codecs.leech_hybrid import LeechHybridLatentCodec
+from lsq.tools.images import first_pngs
 
 
 def load_trainable(name: str) -> LsqHyperprior:
@@ -120,11 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         codec = swapped_codec(net, args.codec, **options)
     except (registry.RegistryError, registry.UnknownModelError, ValueError) as e:
         sys.exit(f"swap_latent_codec: {e}")
-    paths = sorted(args.dataset.glob("*.png"))[: args.images]
-    if not paths:
+    images = first_pngs(args.dataset, args.images)
+    if not images:
         sys.exit(f"swap_latent_codec: no PNG images in {args.dataset}")
-    images = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None]
-              .float().div(255) for p in paths]
     print(f"{args.model}'s latents, {len(images)} images: own codec against {args.codec}")
     hybrid = next((c for c in (net.latent_codec, codec)
                    if isinstance(c, LeechHybridLatentCodec)), None)
