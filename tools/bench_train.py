@@ -100,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = bench(args)
     print(f"{args.quantizer} context={args.context} {args.group_transform} N={args.N} M={args.M} "
           f"batch={args.batch} crop={args.crop} bf16={args.bf16} "
-          f"channels_last={args.channels_last} "
-          f"compile={args.compile or 'off'}: "
+          f"channels_last={args.channels_last} compile={args.compile or 'off'}: "
           + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
     if args.ratio:
         scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar",
