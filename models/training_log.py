@@ -22,7 +22,8 @@ from pathlib import Path
 TRAIN_KEYS = ("step", "images_per_s", "loss", "bpp", "psnr", "lr")
 
 
-def _read_csv(path: Path) -> list[dict]:
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a log CSV written here, cells as numbers (empty ones left out)."""
     with path.open(newline="") as f:
         return [{k: _number(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
@@ -35,7 +36,7 @@ def _number(text: str) -> int | float:
 def _records(path: Path) -> list[dict]:
     """A log.jsonl's records, or a committed NAME.csv's rows and its NAME-val.csv's."""
     if path.suffix == ".csv":
-        return _read_csv(path) + _read_csv(path.with_name(f"{path.stem}-val.csv"))
+        return read_csv(path) + read_csv(path.with_name(f"{path.stem}-val.csv"))
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from lsq.models.training_log import read_csv
 from lsq.tools import heldout_gain
 
 QUALITIES = range(1, 9)
@@ -23,8 +24,7 @@ def write_log(path: Path, rows: list[tuple[int, float]]) -> None:
 
 def test_gain_is_the_psnr_shift_since_the_sessions_start(tmp_path: Path, capsys) -> None:
     write_log(tmp_path / "m-val.csv", [(1000, 0.0), (2000, 0.1), (3000, 0.25), (33_250, 0.4)])
-    with (tmp_path / "m-val.csv").open() as f:
-        first, last, db = heldout_gain.gain(list(csv.DictReader(f)), 2500)
+    first, last, db = heldout_gain.gain(read_csv(tmp_path / "m-val.csv"), 2500)
     assert (first, last) == (2000, 33_250) and db == pytest.approx(0.3, abs=1e-9)
     heldout_gain.main(["m:2500", "--logs", str(tmp_path)])  # 31,250 steps = 500k crops
     assert capsys.readouterr().out.strip() == (

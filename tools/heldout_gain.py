@@ -10,31 +10,31 @@ the last row, and the same per 500,000 crops of batch 16 (the stop rule: 0.1 dB)
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import bjontegaard as bd
 
+from lsq.models.training_log import read_csv
+
 CROPS_PER_STEP = 16
 PER_CROPS = 500_000
 
 
-def gain(rows: Sequence[dict[str, str]], since: int) -> tuple[int, int, float]:
+def gain(rows: Sequence[dict[str, float]], since: int) -> tuple[int, int, float]:
     """(first step, last step, BD-PSNR in dB) between the last row at or before ``since``
-    and the last row."""
-    before = [r for r in rows if int(float(r["step"])) <= since]
+    and the last row (rows as ``training_log.read_csv`` gives them)."""
+    before = [r for r in rows if r["step"] <= since]
     if not before or len(rows) < 2:
         raise ValueError(f"no validation row at or before step {since} and one after it")
     a, b = before[-1], rows[-1]
     qualities = [k.removeprefix("val_bpp_") for k in a if k.startswith("val_bpp_")]
     if len(qualities) < 4:
         raise ValueError("BD-PSNR needs validation at four qualities or more")
-    curves = [([float(r[f"val_bpp_{q}"]) for q in qualities],
-               [float(r[f"val_psnr_{q}"]) for q in qualities]) for r in (a, b)]
-    return (int(float(a["step"])), int(float(b["step"])),
-            float(bd.bd_psnr(*curves[0], *curves[1], method="akima")))
+    curves = [([r[f"val_bpp_{q}"] for q in qualities], [r[f"val_psnr_{q}"] for q in qualities])
+              for r in (a, b)]
+    return a["step"], b["step"], float(bd.bd_psnr(*curves[0], *curves[1], method="akima"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -46,10 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         name, _, step = spec.partition(":")
         if not step.isdigit():
             sys.exit(f"heldout_gain: {spec!r}: expected NAME:STEP, STEP the session's first step")
-        path = args.logs / f"{name}-val.csv"
         try:
-            with path.open(newline="") as f:
-                first, last, db = gain(list(csv.DictReader(f)), int(step))
+            first, last, db = gain(read_csv(args.logs / f"{name}-val.csv"), int(step))
         except (OSError, ValueError, KeyError) as e:
             sys.exit(f"heldout_gain: {spec}: {e}")
         crops = (last - first) * CROPS_PER_STEP
