@@ -10,8 +10,9 @@ give identical latents everywhere, or a stream would decode to garbage; that is 
 and any mismatch makes the exit status 1. The synthesis transform then runs in float64 on
 the decoding device; its pixels are compared and reported too. ``--untrained`` checks
 randomly initialised models of all four quantizers (seed 0, N=128, M=192) instead of the
-shipped ones, and a channel-groups Leech model (``context="channel-groups"``), so that every
-coding path is covered whatever is shipped.
+shipped ones, and two channel-groups Leech models (``context="channel-groups"``, separable
+group transforms with LRP and full ones), so that every coding path is covered whatever is
+shipped.
 """
 
 from __future__ import annotations
@@ -59,10 +60,12 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
 
 
 #: (name suffix, quantizer, codec options) of the untrained models: every quantizer, and
-#: Leech inside the channel-groups context model with LRP (whose group and residual
-#: transforms are integer networks).
+#: Leech inside the channel-groups context model with LRP and with full 3x3 group transforms
+#: (whose group and residual transforms are integer networks, LeakyReLU in the full ones).
 UNTRAINED = [(q, q, {}) for q in LATENT_CODECS] + [
-    ("leech-channel-groups", "leech", {"context": "channel-groups", "lrp": True})]
+    ("leech-channel-groups", "leech", {"context": "channel-groups", "lrp": True}),
+    ("leech-channel-groups-full", "leech",
+     {"context": "channel-groups", "group_transform": "full"})]
 
 
 def write_untrained(folder: Path) -> None:
@@ -103,7 +106,7 @@ def main() -> None:
     if not paths or not names:
         sys.exit(f"nothing to check: {len(paths)} images in {args.dataset}, models {names}")
     print(f"configurations: {', '.join(configs)}; torch {torch.__version__}")
-    print(f"{'image':<12} {'model':<32} {'encoded':<8} {'decoded':<8} "
+    print(f"{'image':<12} {'model':<36} {'encoded':<8} {'decoded':<8} "
           f"{'latents':<10} {'pixels differing':>16} {'max |diff|':>10}")
     mismatches = 0
     for path in paths:
@@ -122,7 +125,7 @@ def main() -> None:
                                for a, b in zip(latents, reference_latents, strict=True))
                     mismatches += not same
                     diff = np.abs(pixels - reference_pixels)
-                    print(f"{path.stem:<12} {name:<32} {enc_device:<8} {config:<8} "
+                    print(f"{path.stem:<12} {name:<36} {enc_device:<8} {config:<8} "
                           f"{'identical' if same else 'DIFFER':<10} {int((diff > 0).sum()):>16} "
                           f"{int(diff.max()):>10}")
     print(f"latent mismatches: {mismatches}")
