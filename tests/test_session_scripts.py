@@ -6,12 +6,22 @@ import sys
 import time
 from pathlib import Path
 
+from lsq.models import weights_file
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "models" / "train_session.sh"
+#: The weights the stand-in tree ships, whatever models/weights holds today.
+SHIPPED = ("leech", "scalar", "spherical-leech", "scalar-cgf")
 
 
 def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> dict[str, str]:
-    """{run name: the arguments train_session.sh gives lsq.models.train} for NAMES."""
+    """{run name: the arguments train_session.sh gives lsq.models.train} for NAMES, run in a
+    tree whose models/weights holds SHIPPED (the script resolves its --init files there)."""
+    tree = tmp_path / "tree"
+    for name in SHIPPED:
+        config = dict.fromkeys(weights_file.REQUIRED_KEYS, 0) | {"name": name,
+                                                                 "default_quality": 3.5}
+        weights_file.save({}, tree / "models" / "weights" / f"{name}.safetensors", config)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"  # prints a training command's arguments, runs anything else
@@ -21,7 +31,7 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
     fake.chmod(0o755)
     runs = tmp_path / "runs"
     path = f"{bin_dir}:/usr/bin:/bin"
-    subprocess.run(["bash", str(SCRIPT), "/data", str(runs), "20", "17", *names], cwd=ROOT,
+    subprocess.run(["bash", str(SCRIPT), "/data", str(runs), "20", "17", *names], cwd=tree,
                    check=True, env={"PATH": path, **(env or {})}, timeout=60)
     stems = (name.split("@")[0].split(":")[0] for name in names)  # NAME[:STEPS][@FROM]
     logs = {stem: runs / f"{stem}.log" for stem in stems}
@@ -35,7 +45,7 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
 def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     cmds = session_commands(tmp_path, "leech", "scalar:600", "spherical-leech@leech",
                             "bsq-m96-q2", "spherical-leech-cg-lrp", "leech-cgf",
-                            "scalar-cgf-lrp",
+                            "scalar-cgf-lrp", "leech-cg",
                             env={"COMPILE": "inductor", "TRAIN_ARGS": "--channels-last --bf16"})
     leech = cmds["leech"].split()
     assert leech[leech.index("--quantizer") + 1] == "leech"
@@ -54,9 +64,11 @@ def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     full = cmds["leech-cgf"]  # full group transforms, from the hyperprior model
     assert "--quantizer leech --group-transform full --context channel-groups" in full
     assert "--init models/weights/leech.safetensors" in full
-    full_lrp = cmds["scalar-cgf-lrp"]
+    assert "--default-quality 3.5 " in full
+    full_lrp = cmds["scalar-cgf-lrp"]  # from the shipped model without LRP
     assert "--quantizer scalar --lrp --group-transform full --context channel-groups" in full_lrp
-    assert "--init models/weights/scalar.safetensors" in full_lrp
+    assert "--init models/weights/scalar-cgf.safetensors" in full_lrp
+    assert "--init models/weights/leech.safetensors" in cmds["leech-cg"]
     assert cmds["leech"].endswith("CUDA_VISIBLE_DEVICES=0")  # one GPU (none here): all on 0
     assert lrp.endswith("CUDA_VISIBLE_DEVICES=0")
 
