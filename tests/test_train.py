@@ -416,6 +416,24 @@ def test_training_a_compiled_context_model_with_lrp(data, tmp_path):
         tr.train(tiny_config(tmp_path / "b", compile="fast"), tiny_model, data)
 
 
+def test_compiled_transforms_train_and_export_the_eager_keys(data, tmp_path):
+    """--compile-transforms compiles g_a, g_s, h_a, h_s in place: the run trains and its export
+    holds the same tensors under the same names as an eager run's."""
+    for name, mode in (("eager", ""), ("compiled", "default")):
+        tr.train(tiny_config(tmp_path / name, steps=2, compile_transforms=mode), tiny_model, data)
+    exports = {}
+    for name in ("eager", "compiled"):
+        with safe_open(str(tmp_path / name / tr.EXPORT_NAME), "pt") as f:
+            exports[name] = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert exports["compiled"] == exports["eager"]
+    model = tiny_model(dataclasses.asdict(tiny_config(tmp_path / "m")))
+    tr.compile_transforms(model, "default")
+    assert all(m._compiled_call_impl is not None
+               for m in (model.g_a, model.g_s, model.h_a, model.h_s))
+    with pytest.raises(tr.ConfigError, match="unknown --compile-transforms mode 'fastest'"):
+        tr.train(tiny_config(tmp_path / "b", compile_transforms="fastest"), tiny_model, data)
+
+
 def test_training_on_two_processes_through_torchrun(image_dirs, tmp_path):
     """The several-GPU path (torchrun, DDP) on two CPU processes (gloo): both ranks step
     together and rank 0 writes the weights, counting both ranks' images."""

@@ -2,7 +2,8 @@
 
     python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS]
                                     [--context channel-groups [--group-transform full]]
-                                    [--compile inductor] [--channels-last] [--ratio]
+                                    [--compile inductor] [--compile-transforms MODE]
+                                    [--channels-last] [--ratio]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
 On the GPU machine it needs the carried wheels too: building a model imports constriction.
@@ -22,8 +23,10 @@ from torch import nn
 
 from lsq.models.shards import load_images
 from lsq.models.train import (
+    COMPILE_MODES,
     CropSampler,
     TrainConfig,
+    compile_transforms,
     default_builder,
     split_parameters,
     train_step,
@@ -54,6 +57,8 @@ def bench(args: argparse.Namespace) -> dict:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model.latent_codec.compile_rate(args.compile)
+    if args.compile_transforms:
+        compile_transforms(model, args.compile_transforms)
     main, aux = split_parameters(model)
     opt, aux_opt = torch.optim.Adam(main, lr=1e-4), torch.optim.Adam(aux, lr=1e-3)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
@@ -93,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--compile", default="", metavar="BACKEND",
                         help="torch.compile the latent codec's training rate (inductor); "
                              "the warm-up steps take the compilation")
+    parser.add_argument("--compile-transforms", default="", metavar="MODE",
+                        choices=("", *COMPILE_MODES),
+                        help="torch.compile g_a, g_s, h_a, h_s (inductor) with this mode: "
+                             "default, reduce-overhead (CUDA graphs), max-autotune")
     parser.add_argument("--ratio", action="store_true",
                         help="also time plain scalar in the same run and print the step-time "
                              "ratio")
@@ -100,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = bench(args)
     print(f"{args.quantizer} context={args.context} {args.group_transform} N={args.N} M={args.M} "
           f"batch={args.batch} crop={args.crop} bf16={args.bf16} "
-          f"channels_last={args.channels_last} compile={args.compile or 'off'}: "
+          f"channels_last={args.channels_last} compile={args.compile or 'off'} "
+          f"compile_transforms={args.compile_transforms or 'off'}: "
           + ", ".join(f"{k} {v:.0f} images/s" for k, v in results.items()))
     if args.ratio:
         scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar",
