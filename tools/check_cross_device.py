@@ -9,7 +9,7 @@ under every configuration. The entropy decoding (hyper-decoder, tables, range co
 give identical latents everywhere, or a stream would decode to garbage; that is the check,
 and any mismatch makes the exit status 1. The synthesis transform then runs in float64 on
 the decoding device; its pixels are compared and reported too. ``--untrained`` checks
-randomly initialised models of all four quantizers (seed 0, N=128, M=192) instead of the
+randomly initialised models of every quantizer (seed 0, N=128, M=192) instead of the
 shipped ones, and two channel-groups Leech models (``context="channel-groups"``, separable
 group transforms with LRP and full ones), so that every coding path is covered whatever is
 shipped.
