@@ -108,7 +108,7 @@ def test_default_groups_and_bad_options() -> None:
 
 @pytest.mark.parametrize(("lrp", "kind"), [(False, "separable"), (True, "separable"),
                                            (True, "full")])
-@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
+@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech", "leech-hybrid"])
 def test_round_trip_is_exact_and_thread_independent(quantizer: str, lrp: bool, kind: str,
                                                      image: torch.Tensor) -> None:
     model = coded_model(quantizer, lrp=lrp, kind=kind)
@@ -134,7 +134,7 @@ def test_round_trip_is_exact_and_thread_independent(quantizer: str, lrp: bool, k
         assert not torch.equal(first, plain)
 
 
-@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech"])
+@pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech", "leech-hybrid"])
 def test_training_forward_reaches_the_group_transforms(quantizer: str,
                                                       image: torch.Tensor) -> None:
     torch.manual_seed(2)
