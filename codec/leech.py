@@ -463,9 +463,9 @@ def _decode_in_chunks(y: torch.Tensor, decode: Callable[[torch.Tensor], torch.Te
 
 
 def padded_rows(rows: int, chunk: int) -> int:
-    """Rows a compiled search pads ``rows`` (<= chunk, a power of two) to: the next power of
-    two, at least chunk / _MIN_PADDED. Padding to the full chunk made each group of a context
-    model (4,096 to 16,384 blocks at batch 16) search 65,536 rows on the GPU."""
+    """Rows a compiled search pads ``rows`` (at most ``chunk``, itself a power of two) to: the
+    next power of two, at least chunk / _MIN_PADDED. Padding to the full chunk made each group
+    of a context model (4,096 to 16,384 blocks at batch 16) search 65,536 rows on the GPU."""
     return min(chunk, max(chunk // _MIN_PADDED, 1 << (rows - 1).bit_length()))
 
 
