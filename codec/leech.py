@@ -58,9 +58,6 @@ _CPU_CHUNK = 512
 _CUDA_CHUNK = 1 << 16
 _CPU_SHELL_CHUNK = 128
 _CUDA_SHELL_CHUNK = 1 << 15
-#: A compiled search pads a slice to a power of two of at least chunk / _MIN_PADDED rows, so
-#: it meets at most 7 shapes (torch.compile's recompile limit is 8).
-_MIN_PADDED = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,9 +441,9 @@ def compiled_nearest(backend: str = "inductor") -> Callable[[torch.Tensor], torc
 
     The decoder is a few hundred small tensor operations; compiled they fuse into a handful
     of kernels (`bench_lattice --compile inductor`, 2-core CPU: 358,000 points/s against
-    165,000). Every chunk is padded to a power of two (:func:`padded_rows`), so a few graphs
-    serve every batch; the first call of each size compiles for seconds, which is why coding
-    keeps the eager :func:`nearest`. Same points.
+    165,000). Every chunk is padded to the full chunk size, so one graph serves every batch;
+    the first call compiles for seconds, which is why coding keeps the eager
+    :func:`nearest`. Same points.
     """
     decode = torch.compile(_decode_chunk, backend=backend, dynamic=False)
     return lambda y: _decode_in_chunks(y, decode, pad=True)
@@ -462,21 +459,14 @@ def _decode_in_chunks(y: torch.Tensor, decode: Callable[[torch.Tensor], torch.Te
     return _rows_in_chunks(flat, decode, chunk, pad).view(y.shape)
 
 
-def padded_rows(rows: int, chunk: int) -> int:
-    """Rows a compiled search pads ``rows`` (at most ``chunk``, itself a power of two) to: the
-    next power of two, at least chunk / _MIN_PADDED. Padding to the full chunk made each group
-    of a context model (4,096 to 16,384 blocks at batch 16) search 65,536 rows on the GPU."""
-    return min(chunk, max(chunk // _MIN_PADDED, 1 << (rows - 1).bit_length()))
-
-
 def _rows_in_chunks(flat: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int,
                     pad: bool) -> torch.Tensor:
     """``fn`` over slices of ``chunk`` rows of flat (N > 0, 24), results concatenated; with
-    ``pad`` every slice is padded to :func:`padded_rows`, so a few compiled graphs serve all."""
+    ``pad`` every slice is padded to ``chunk`` rows, so one compiled graph serves them all."""
 
     def padded(part: torch.Tensor) -> torch.Tensor:
         rows = part.shape[0]
-        return fn(torch.nn.functional.pad(part, (0, 0, 0, padded_rows(rows, chunk) - rows)))[:rows]
+        return fn(torch.nn.functional.pad(part, (0, 0, 0, chunk - rows)))[:rows]
 
     with torch.no_grad():
         return torch.cat(_chunked(flat.contiguous(), padded if pad else fn, chunk))
@@ -755,8 +745,8 @@ def compiled_nearest_shell(
     :func:`shell_point`, whose range check syncs with the host and whose twenty-odd operations
     cut 21.1 M points/s of search to 19.0 on an H200 (1M points); built in the graph, 20.2 M
     (`bench_lattice --device cuda --compile inductor --n 1000000`). As :func:`compiled_nearest`:
-    every chunk is padded to :func:`padded_rows`, so that a few graphs serve every batch, and
-    the first call of each size compiles for seconds. Same indices and points.
+    every chunk is padded to the full chunk size so that one graph serves every batch, and the
+    first call compiles for seconds. Same indices and points.
     """
     search = torch.compile(_shell_chunk, backend=backend, dynamic=False)
     return lambda u: _shell_in_chunks(u, search, pad=True)

@@ -143,17 +143,9 @@ def test_nearest_matches_exhaustive_search(
     assert (got == reference).all(-1).float().mean() > 0.9  # only ties may differ
 
 
-def test_padded_rows_are_powers_of_two_from_a_64th_of_the_chunk() -> None:
-    """A compiled search meets at most 7 shapes per chunk size, and a small group of a context
-    model is no longer padded to a whole chunk."""
-    cuda = [leech.padded_rows(r, 1 << 16) for r in (1, 1024, 1025, 4096, 16384, 40000, 65536)]
-    assert cuda == [1024, 1024, 2048, 4096, 16384, 65536, 65536]
-    assert {leech.padded_rows(r, 512) for r in range(1, 513)} == {8, 16, 32, 64, 128, 256, 512}
-
-
 def test_compiled_nearest_gives_the_same_points(hard_points: torch.Tensor) -> None:
-    """Inductor-compiled decoding over padded chunks: the points of the eager decoder for a
-    batch of several chunks (the last padded), any leading shape, and none."""
+    """Inductor-compiled decoding over padded fixed-size chunks: the points of the eager
+    decoder for a batch of two chunks (the second padded), any leading shape, and none."""
     nearest = leech.compiled_nearest("inductor")
     y = torch.cat([hard_points, torch.randn(5000, 24, generator=torch.Generator().manual_seed(1))
                    * 4]).to(torch.float32)
