@@ -3,9 +3,11 @@
     python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS]
                                     [--context channel-groups [--group-transform full]]
                                     [--compile inductor] [--compile-transforms MODE]
-                                    [--channels-last] [--ratio]
+                                    [--channels-last] [--ratio] [--seconds S]
 
 Without --data it crops synthetic 500x375 images, which costs the sampler the same work.
+``--seconds`` times training steps for a fixed wall time instead of a fixed count, so that
+processes sharing a GPU (``lsq.tools.bench_share``) are timed over the same window.
 On the GPU machine it needs the carried wheels too: building a model imports constriction.
 """
 
@@ -15,7 +17,8 @@ import argparse
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.synchronize import Barrier
 
 import numpy as np
 import torch
@@ -38,8 +41,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(args: argparse.Namespace) -> dict:
-    """Warm up, then time ``args.steps`` sampler calls and training steps."""
+def _timed(fn: Callable[[], None], steps: int, seconds: float, device: torch.device) -> float:
+    """Calls per second of ``fn``: ``steps`` calls, or when ``seconds`` is positive as many as
+    are issued in that much wall time (at least one; the final sync waits for them all)."""
+    _sync(device)
+    t = time.perf_counter()
+    done = 0
+    while done < steps if seconds <= 0 else done == 0 or time.perf_counter() - t < seconds:
+        fn()
+        done += 1
+    _sync(device)
+    return done / (time.perf_counter() - t)
+
+
+def bench(args: argparse.Namespace, barrier: Barrier | None = None) -> dict:
+    """Warm up, then time ``args.steps`` sampler calls and training steps (training steps for
+    ``args.seconds`` if positive); with ``barrier``, the timed training steps start when
+    every process sharing it has warmed up."""
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.data:
@@ -71,18 +89,18 @@ def bench(args: argparse.Namespace) -> dict:
     for name, fn in (("sampler", lambda: sampler.sample(args.batch)), ("train_step", step)):
         for _ in range(args.warmup):
             fn()
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            fn()
-        _sync(device)
-        results[name] = args.steps * args.batch / (time.perf_counter() - t)
+        seconds = 0.0
+        if name == "train_step":
+            seconds = args.seconds
+            if barrier is not None:
+                _sync(device)
+                barrier.wait()
+        results[name] = args.batch * _timed(fn, args.steps, seconds, device)
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_train", description=__doc__)
-    parser.add_argument("--quantizer", default="scalar")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and step flags, shared with ``lsq.tools.bench_share``."""
     parser.add_argument("--context", default="none", help="none | channel-groups")
     parser.add_argument("--group-transform", default="separable", help="separable | full")
     parser.add_argument("--N", type=int, default=128)
@@ -102,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         choices=("", *COMPILE_MODES),
                         help="torch.compile g_a, g_s, h_a, h_s (inductor) with this mode: "
                              "default, reduce-overhead (CUDA graphs), max-autotune")
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="time training steps for this many seconds instead of --steps")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_train", description=__doc__)
+    parser.add_argument("--quantizer", default="scalar")
+    add_arguments(parser)
     parser.add_argument("--ratio", action="store_true",
                         help="also time plain scalar in the same run and print the step-time "
                              "ratio")
