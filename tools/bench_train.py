@@ -47,7 +47,7 @@ def _timed(fn: Callable[[], None], steps: int, seconds: float, device: torch.dev
     _sync(device)
     t = time.perf_counter()
     done = 0
-    while done < steps if seconds <= 0 else done == 0 or time.perf_counter() - t < seconds:
+    while (done < steps) if seconds <= 0 else (done == 0 or time.perf_counter() - t < seconds):
         fn()
         done += 1
     _sync(device)
