@@ -1,10 +1,11 @@
 """How much a training session gained on the held-out slice: issue 12's stop rule.
 
-    python -m lsq.tools.heldout_gain NAME:STEP... [--logs models/weights/logs]
+    python -m lsq.tools.heldout_gain NAME:STEP[-END]... [--logs models/weights/logs]
 
 For each model, BD-PSNR over the qualities its validation rows hold (``bjontegaard``, Akima)
 from the last row of ``LOGS/NAME-val.csv`` at or before STEP (where the session started) to
-the last row, and the same per 500,000 crops of batch 16 (the stop rule: 0.1 dB).
+the last row (or the last at or before END), and the same per 500,000 crops of batch 16 (the
+stop rule: 0.1 dB). END measures part of a session, e.g. up to its learning-rate drop.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ CROPS_PER_STEP = 16
 PER_CROPS = 500_000
 
 
-def gain(rows: Sequence[dict[str, float]], since: int) -> tuple[int, int, float]:
+def gain(rows: Sequence[dict[str, float]], since: int,
+         until: float = float("inf")) -> tuple[int, int, float]:
     """(first step, last step, BD-PSNR in dB) between the last row at or before ``since``
-    and the last row (rows as ``training_log.read_csv`` gives them)."""
+    and the last row at or before ``until`` (rows as ``training_log.read_csv`` gives them)."""
     before = [r for r in rows if r["step"] <= since]
-    if not before or len(rows) < 2:
-        raise ValueError(f"no validation row at or before step {since} and one after it")
-    a, b = before[-1], rows[-1]
+    upto = [r for r in rows if r["step"] <= until]
+    if not before or not upto or upto[-1] is before[-1]:
+        raise ValueError(f"no validation row at or before step {since} and one after it"
+                         + ("" if until == float("inf") else f", at or before {until:.0f}"))
+    a, b = before[-1], upto[-1]
     qualities = [k.removeprefix("val_bpp_") for k in a if k.startswith("val_bpp_")]
     if len(qualities) < 4:
         raise ValueError("BD-PSNR needs validation at four qualities or more")
@@ -39,15 +43,18 @@ def gain(rows: Sequence[dict[str, float]], since: int) -> tuple[int, int, float]
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lsq.tools.heldout_gain", description=__doc__)
-    parser.add_argument("runs", nargs="+", metavar="NAME:STEP")
+    parser.add_argument("runs", nargs="+", metavar="NAME:STEP[-END]")
     parser.add_argument("--logs", type=Path, default=Path("models/weights/logs"))
     args = parser.parse_args(argv)
     for spec in args.runs:
-        name, _, step = spec.partition(":")
-        if not step.isdigit():
-            sys.exit(f"heldout_gain: {spec!r}: expected NAME:STEP, STEP the session's first step")
+        name, _, steps = spec.partition(":")
+        step, _, end = steps.partition("-")
+        if not step.isdigit() or not (end.isdigit() or not end) or steps.endswith("-"):
+            sys.exit(f"heldout_gain: {spec!r}: expected NAME:STEP or NAME:STEP-END, STEP the "
+                     "session's first step")
         try:
-            first, last, db = gain(read_csv(args.logs / f"{name}-val.csv"), int(step))
+            first, last, db = gain(read_csv(args.logs / f"{name}-val.csv"), int(step),
+                                   int(end) if end else float("inf"))
         except (OSError, ValueError, KeyError) as e:
             sys.exit(f"heldout_gain: {spec}: {e}")
         crops = (last - first) * CROPS_PER_STEP
