@@ -11,6 +11,7 @@ stop rule: 0.1 dB). END measures part of a session, e.g. up to its learning-rate
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,10 +49,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for spec in args.runs:
         name, _, steps = spec.partition(":")
-        step, _, end = steps.partition("-")
-        if not step.isdigit() or not (end.isdigit() or not end) or steps.endswith("-"):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", steps)
+        if not match:
             sys.exit(f"heldout_gain: {spec!r}: expected NAME:STEP or NAME:STEP-END, STEP the "
                      "session's first step")
+        step, end = match.groups()
         try:
             first, last, db = gain(read_csv(args.logs / f"{name}-val.csv"), int(step),
                                    int(end) if end else float("inf"))
