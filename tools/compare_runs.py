@@ -1,0 +1,88 @@
+"""Two training runs compared on their held-out validation rows: a recipe or codec A/B.
+
+    python -m lsq.tools.compare_runs A/log.jsonl:BATCH_A B/log.jsonl:BATCH_B
+
+BD-PSNR and BD-rate (``bjontegaard``, Akima) of B against A over the qualities both logs
+validate (all, the lower half, the upper half), at equal training time (each run's last
+validation row) and at equal crops (B's row nearest to the crops A's last row had seen).
+BATCH is the run's crops per step (times its GPUs), which the log does not record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import bjontegaard as bd
+
+
+def validation_rows(path: str | Path) -> list[dict]:
+    """The validation records (those with ``val_images``) of a run's ``log.jsonl``."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if "val_images" in r]
+
+
+def qualities(row: dict) -> list[int]:
+    return sorted(int(k.removeprefix("val_bpp_q")) for k in row if k.startswith("val_bpp_q"))
+
+
+def bd_delta(anchor: dict, test: dict, qs: Sequence[int]) -> tuple[float, float]:
+    """(BD-PSNR in dB, BD-rate in %) of ``test`` against ``anchor`` over qualities ``qs``."""
+    curves = [([r[f"val_bpp_q{q}"] for q in qs], [r[f"val_psnr_q{q}"] for q in qs])
+              for r in (anchor, test)]
+    with warnings.catch_warnings():  # little overlap is reported through the figures
+        warnings.simplefilter("ignore")
+        return (float(bd.bd_psnr(*curves[0], *curves[1], method="akima")),
+                float(bd.bd_rate(*curves[0], *curves[1], method="akima")))
+
+
+def compare(anchor: dict, test: dict) -> dict[str, tuple[float, float]]:
+    """BD figures over all common qualities and over their lower and upper halves."""
+    qs = sorted(set(qualities(anchor)) & set(qualities(test)))
+    if len(qs) < 4:
+        raise ValueError("BD figures need validation at four common qualities or more")
+    half = len(qs) // 2
+    out = {f"q{qs[0]}-{qs[-1]}": bd_delta(anchor, test, qs)}
+    if half >= 4:
+        out[f"q{qs[0]}-{qs[half - 1]}"] = bd_delta(anchor, test, qs[:half])
+        out[f"q{qs[half]}-{qs[-1]}"] = bd_delta(anchor, test, qs[half:])
+    return out
+
+
+def _run(spec: str) -> tuple[str, list[dict], int]:
+    path, _, batch = spec.rpartition(":")
+    if not path or not batch.isdigit() or int(batch) < 1:
+        raise ValueError(f"{spec!r}: expected LOG.jsonl:BATCH")
+    rows = validation_rows(path)
+    if not rows:
+        raise ValueError(f"{path}: no validation rows")
+    return path, rows, int(batch)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("anchor", help="LOG.jsonl:BATCH of run A")
+    parser.add_argument("test", help="LOG.jsonl:BATCH of run B")
+    args = parser.parse_args(argv)
+    try:
+        (pa, ra, ba), (pb, rb, bb) = _run(args.anchor), _run(args.test)
+        last_a, last_b = ra[-1], rb[-1]
+        crops_a = last_a["step"] * ba
+        at_crops = min(rb, key=lambda r: abs(r["step"] * bb - crops_a))
+        cases = [("equal time (last rows)", last_b), ("equal crops", at_crops)]
+        print(f"A {pa}: step {last_a['step']}, {crops_a:,} crops")
+        for label, row in cases:
+            print(f"B {pb} at {label}: step {row['step']}, {row['step'] * bb:,} crops")
+            for span, (dpsnr, drate) in compare(last_a, row).items():
+                print(f"  {span}: BD-PSNR {dpsnr:+.3f} dB, BD-rate {drate:+.2f} %")
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"compare_runs: {e}")
+
+
+if __name__ == "__main__":
+    main()
