@@ -6,6 +6,9 @@ The API (``lsq.api``) loads lazily, so ``import lsq`` and ``lsq --help`` stay fr
     >>> data = lsq.encode("photo.png", quality=4)
     >>> lsq.decode(data).save("decoded.png")
     >>> net = lsq.load_model("leech")
+
+``lsq.LeechGaussianConditional`` puts Λ24 into CompressAI models
+(``lsq.models.compressai_adapter``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ _LAZY = {
     "decode": "lsq.api",
     "load_model": "lsq.api",
     "Model": "lsq.api",
+    "LeechConditionalLatentCodec": "lsq.models.compressai_adapter",
+    "LeechGaussianConditional": "lsq.models.compressai_adapter",
     "BitstreamError": "lsq.codec.bitstream",
     "DeviceError": "lsq.image_codec",
     "ImageCodecError": "lsq.image_codec",

@@ -3,7 +3,10 @@ gradients through the lattice, at tiny sizes on the CPU."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +161,37 @@ def test_chunk_orders_and_bad_arguments() -> None:
     indexes = LeechGaussianConditional(24).build_indexes(scales)
     with pytest.raises(ValueError, match="2 strings for indexes of shape"):
         LeechGaussianConditional(24).decompress([b"", b""], indexes)
+
+
+
+def run_example(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """examples/compressai_leech.py run in this process (compressai is loaded already)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "compressai_leech.py"
+    spec = importlib.util.spec_from_file_location("compressai_leech", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(path), *args])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    return exit_.value.code
+
+
+@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior"])
+def test_the_example_trains_and_codes_exactly(arch: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    args = ["--arch", arch, "-N", "8", "-M", "24", "--steps", "2", "--batch", "2", "--crop", "64"]
+    assert run_example(args, monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "step    2:" in out and "decoder == forward pass, bit for bit: yes" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-M", "40"], "-M must be a positive multiple of 24, got 40"),
+    (["missing.png"], "missing.png: no such file or folder"),
+    (["--crop", "4096"], "1 image(s) smaller than --crop 4096"),
+])
+def test_the_example_refuses_bad_arguments(args: list[str], message: str,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    code = run_example(args, monkeypatch)
+    assert code != 0 and message in f"{code} {capsys.readouterr().err}"
