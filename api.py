@@ -127,7 +127,7 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"lsq.Model({self.name!r}, qualities {registry.describe_qualities(self.config)}"
-                f", quality {self.quality:g}, device {self.device})")
+                f", quality {self.quality:.10g}, device {self.device})")
 
     @property
     def device(self) -> torch.device:

@@ -126,6 +126,16 @@ def test_load_model_batches_and_qualities(crop: np.ndarray) -> None:
     assert err_high < err_low < 0.1
 
 
+def test_a_loaded_model_is_a_private_copy(crop: np.ndarray) -> None:
+    before = lsq.encode(crop, model="leech")
+    net = lsq.load_model("leech", quality=3.52734375)
+    assert repr(net) == "lsq.Model('leech', qualities 1-8, quality 3.52734375, device cpu)"
+    with torch.no_grad():
+        net.net.g_a[0].weight.zero_()
+    assert lsq.encode(crop, model="leech") == before
+    assert lsq.load_model("leech").net.g_a[0].weight.abs().sum() > 0
+
+
 def test_import_is_light_and_exposes_the_api() -> None:
     code = ("import sys, lsq; lsq.BitstreamError; lsq.UnknownModelError; "
             "print('torch' in sys.modules, sorted(set(lsq.__all__) - set(dir(lsq))))")
