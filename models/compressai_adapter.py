@@ -131,8 +131,7 @@ class LeechGaussianConditional(nn.Module):
         strings = []
         for p, s in zip(points, to_blocks(indexes), strict=True):
             enc = Encoder()
-            LeechCoder().encode(enc, _rows(p), _rows(s), np.zeros((p[..., 0].numel(), BLOCK),
-                                                                  np.int64))
+            LeechCoder().encode(enc, _rows(p), *_model_rows(s))
             strings.append(enc.finish())
         return strings, self._reconstruct(points, anchor)
 
@@ -151,8 +150,8 @@ class LeechGaussianConditional(nn.Module):
         anchor = self._anchor(indexes, means)
         block_shape = to_blocks(indexes).shape[1:]
         points = torch.stack([
-            torch.from_numpy(LeechCoder().decode(Decoder(string), _rows(s), np.zeros(
-                (s[..., 0].numel(), BLOCK), np.int64))).reshape(block_shape)
+            torch.from_numpy(LeechCoder().decode(Decoder(string), *_model_rows(s)))
+            .reshape(block_shape)
             for string, s in zip(strings, to_blocks(indexes), strict=True)
         ])
         y_hat = self._reconstruct(points, anchor.cpu())
@@ -162,6 +161,13 @@ class LeechGaussianConditional(nn.Module):
 def _rows(blocks: torch.Tensor) -> np.ndarray:
     """One image's blocks (K, H, W, 24) as the coder's rows (K*H*W, 24), int64."""
     return blocks.reshape(-1, BLOCK).cpu().numpy().astype(np.int64)
+
+
+def _model_rows(indexes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``LeechCoder``'s model of one image: scale indices and means, all 0 (every lattice
+    is centred at its predicted mean)."""
+    scale = _rows(indexes)
+    return scale, np.zeros_like(scale)
 
 
 class LeechConditionalLatentCodec(LatentCodec):
