@@ -85,7 +85,8 @@ def encode(image: ImageInput, quality: float | None = None, model: str | None = 
     ``image`` is a PIL image, a path to any format Pillow reads, or a uint8 array (HxWx3
     RGB; HxW grey and HxWx4 RGBA are accepted too). ``quality`` is 1 (smallest) to 8 (best),
     fractions allowed; None is the model's default. ``model`` is a model or family name
-    (``lsq models``); None is the default model.
+    (``lsq models``); None is the default model. A path that does not exist raises
+    ``FileNotFoundError``, an input of another type ``TypeError``.
 
     >>> data = lsq.encode("eval/sample/kodim23.png", quality=3, model="leech")
     >>> open("kodim23.lsq", "wb").write(data)

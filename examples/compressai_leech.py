@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--arch", choices=ARCHS, default="mbt2018-mean")
     parser.add_argument("-N", type=int, default=128, help="channels of the transforms")
     parser.add_argument("-M", type=int, default=192, help="channels of y, a multiple of 24")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lmbda", type=float, default=0.013, help="CompressAI's quality 3")
