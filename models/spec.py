@@ -120,8 +120,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.latent_codec not in LATENT_CODECS:
-            raise SpecError("latent_codec", f"unknown {self.latent_codec!r}; expected one of "
-                                            f"{', '.join(LATENT_CODECS)}")
+            raise SpecError("latent_codec", f"unknown quantizer {self.latent_codec!r}; "
+                                            f"expected one of {', '.join(LATENT_CODECS)}")
         if _plain_int(self.N, "N") <= 0:
             raise SpecError("N", f"{self.N} is not positive")
         if _plain_int(self.M, "M") <= 0 or self.M % BLOCK:

@@ -139,7 +139,7 @@ def test_integer_leaky_relu_rounds_down_and_needs_a_power_of_two_slope() -> None
 
 def test_unknown_quantizer_bad_channels_and_qualities_raise() -> None:
     """build_model validates through its ModelSpec."""
-    with pytest.raises(SpecError, match="latent_codec: unknown 'hexagonal'"):
+    with pytest.raises(SpecError, match="latent_codec: unknown quantizer 'hexagonal'"):
         build_model("hexagonal")
     with pytest.raises(SpecError, match="M: 50 is not a positive multiple of 24"):
         build_model("leech", N=16, M=50)

@@ -187,7 +187,7 @@ def test_replace_validates_too() -> None:
 
 
 @pytest.mark.parametrize(("fields", "field", "words"), [
-    ({"latent_codec": "hexagonal"}, "latent_codec", "unknown 'hexagonal'"),
+    ({"latent_codec": "hexagonal"}, "latent_codec", "unknown quantizer 'hexagonal'"),
     ({}, "latent_codec", "missing"),
     ({"latent_codec": "leech", "depth": 3}, "depth", "unknown field"),
     ({"latent_codec": "leech", "N": 0}, "N", "not positive"),
