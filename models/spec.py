@@ -252,8 +252,9 @@ _FULL = {"group_transform": "full"}
 #: ELIC's uneven groups in whole blocks for M = 336: each as large as the ones before.
 _FLAGSHIP = {"group_transform": "full", "groups": (24, 24, 48, 96, 144)}
 
-#: Named models: the shipped ones (bsq names its fixed quality in the weights file's name)
-#: and the flagship's Λ24 model and rounding twin.
+#: Named models: the shipped ones, under their weights files' names too (bsq's name its
+#: fixed quality), the separable channel-groups models, and the flagship's Λ24 model and
+#: rounding twin.
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "leech": ModelSpec("leech"),
     "scalar": ModelSpec("scalar"),
@@ -262,6 +263,11 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "bsq-m96": ModelSpec("bsq", M=96, qualities=(1, 1)),
     "bsq": ModelSpec("bsq", qualities=(2, 2)),
     "bsq-m384": ModelSpec("bsq", M=384, qualities=(6, 6)),
+    "bsq-m96-q1": ModelSpec("bsq", M=96, qualities=(1, 1)),
+    "bsq-q2": ModelSpec("bsq", qualities=(2, 2)),
+    "bsq-m384-q6": ModelSpec("bsq", M=384, qualities=(6, 6)),
+    "leech-cg": ModelSpec("leech", context="channel-groups"),
+    "scalar-cg": ModelSpec("scalar", context="channel-groups"),
     "leech-cgf": ModelSpec("leech", context="channel-groups", codec_options=_FULL),
     "scalar-cgf": ModelSpec("scalar", context="channel-groups", codec_options=_FULL),
     "leech-hybrid-cgf": ModelSpec("leech-hybrid", context="channel-groups",

@@ -42,19 +42,13 @@ STREAMS = {
         "96a5f7baab7d9b96667694fc16bb4748ad35fc5a381237dabab77c49564bac9a",
 }
 
-#: The preset each shipped model was trained as.
-SHIPPED_PRESETS = {"bsq-m384-q6": "bsq-m384", "bsq-m96-q1": "bsq-m96", "bsq-q2": "bsq",
-                   "leech": "leech", "leech-cgf": "leech-cgf", "leech-hybrid": "leech-hybrid",
-                   "leech-hybrid-cgf": "leech-hybrid-cgf", "scalar": "scalar",
-                   "scalar-cgf": "scalar-cgf", "spherical-leech": "spherical-leech"}
-
 TINY = ModelSpec("leech", N=16, M=48, qualities=(2, 6), context="channel-groups",
                  codec_options={"group_transform": "full", "groups": [24, 24]})
 
 
 def test_every_shipped_model_is_in_the_stream_table() -> None:
     shipped = sorted(p.stem for p in SHIPPED.glob("*.safetensors"))
-    assert shipped == sorted({name for name, _ in STREAMS}) == sorted(SHIPPED_PRESETS)
+    assert shipped == sorted({name for name, _ in STREAMS})
 
 
 @pytest.mark.parametrize(("name", "quality"), list(STREAMS))
@@ -70,11 +64,11 @@ def test_shipped_model_codes_the_sample_to_the_same_bytes(name: str, quality: in
     assert hashlib.sha256(out.read_bytes()).hexdigest() == STREAMS[name, quality]
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_PRESETS))
-def test_shipped_file_reads_as_its_preset(name: str) -> None:
+@pytest.mark.parametrize("name", sorted({name for name, _ in STREAMS}))
+def test_shipped_file_reads_as_the_preset_of_its_name(name: str) -> None:
     config = weights_file.read_config(SHIPPED / f"{name}.safetensors")
     assert "spec" not in config  # these predate specs: read from family, N, M, codec_options
-    assert ModelSpec.from_weights_config(config) == preset(SHIPPED_PRESETS[name])
+    assert ModelSpec.from_weights_config(config) == preset(name)
 
 
 @pytest.mark.parametrize("half", [False, True])
@@ -153,6 +147,13 @@ def test_every_preset_builds_and_round_trips(name: str) -> None:
     assert model.spec is spec and (model.N, model.M) == (spec.N, spec.M)
     assert (model.gains.low, model.gains.high) == spec.qualities
     assert model.h_s[-1].out_channels == model.latent_codec.hyper_channels
+
+
+def test_bsq_presets_are_the_shipped_curve_under_both_names() -> None:
+    assert preset("bsq") == preset("bsq-q2") == ModelSpec("bsq", qualities=(2, 2))
+    assert preset("bsq-m96") == preset("bsq-m96-q1") == ModelSpec("bsq", M=96, qualities=(1, 1))
+    assert preset("bsq-m384") == preset("bsq-m384-q6") == ModelSpec("bsq", M=384,
+                                                                    qualities=(6, 6))
 
 
 def test_flagship_presets_are_twins() -> None:
