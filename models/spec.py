@@ -38,7 +38,10 @@ class SpecError(ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"model spec {field}: {message}")
-        self.field = field
+        self.field, self.message = field, message
+
+    def __reduce__(self) -> tuple[type[SpecError], tuple[str, str]]:
+        return SpecError, (self.field, self.message)  # pickles (worker processes)
 
 
 class FrozenOptions(Mapping[str, Any]):
@@ -94,7 +97,8 @@ def _typed(value: Any, hint: Any, field: str) -> Any:
         return value
     if origin is Sequence and isinstance(value, list | tuple):
         return tuple(_typed(v, args[0], f"{field}[{i}]") for i, v in enumerate(value))
-    name = f"list of {args[0].__name__}" if origin is Sequence else hint.__name__
+    name = f"list of {args[0].__name__}" if origin is Sequence else getattr(
+        hint, "__name__", str(hint))
     raise SpecError(field, f"{value!r} is not of type {name}")
 
 
