@@ -124,6 +124,17 @@ def test_a_spec_that_disagrees_with_its_file_is_refused(tmp_path: Path,
     with pytest.raises(SpecError, match="M: the config says 72") as err:
         weights_file.save({}, tmp_path / "tiny.safetensors", config)
     assert err.value.field == "M" and not (tmp_path / "tiny.safetensors").exists()
+    for key, value in (("family", "scalar"), ("qualities", [1, 8]),
+                       ("codec_options", {"context": "channel-groups"})):
+        config = {"name": "tiny", "default_quality": 3, **TINY.weights_config(), key: value}
+        with pytest.raises(SpecError, match=f"^model spec {key}: the config says"):
+            weights_file.save({}, tmp_path / "tiny.safetensors", config)
+    # options the config states at their defaults, in any order, describe the same model
+    same = {"groups": [24, 24], "lrp": False, "group_transform": "full",
+            "context": "channel-groups"}
+    config = {"name": "tiny", "default_quality": 3, **TINY.weights_config(),
+              "codec_options": same}
+    assert ModelSpec.from_weights_config(config) == TINY
     bad = {**TINY.weights_config(), "spec": {**TINY.to_dict(), "proxy": "dither"}}
     with pytest.raises(SpecError, match="proxy"):
         weights_file.save({}, tmp_path / "tiny.safetensors", {**config, **bad})
