@@ -148,7 +148,7 @@ class ModelSpec:
     codec_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.latent_codec not in LATENT_CODECS:
+        if not isinstance(self.latent_codec, str) or self.latent_codec not in LATENT_CODECS:
             raise SpecError("latent_codec", f"unknown quantizer {self.latent_codec!r}; "
                                             f"expected one of {', '.join(LATENT_CODECS)}")
         if _plain_int(self.N, "N") <= 0:

@@ -202,6 +202,7 @@ def test_replace_validates_too() -> None:
 @pytest.mark.parametrize(("fields", "field", "words"), [
     ({"latent_codec": "hexagonal"}, "latent_codec", "unknown quantizer 'hexagonal'"),
     ({}, "latent_codec", "missing"),
+    ({"latent_codec": ["leech"]}, "latent_codec", "unknown quantizer"),
     ({"latent_codec": "leech", "depth": 3}, "depth", "unknown field"),
     ({"latent_codec": "leech", "N": 0}, "N", "not positive"),
     ({"latent_codec": "leech", "N": 12.5}, "N", "not an integer"),
