@@ -19,8 +19,6 @@ import numpy as np
 
 #: metric name on the CLI -> key in the results JSON (MS-SSIM is compared in dB).
 METRIC_KEYS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
-#: the ``bjontegaard`` package's interpolation methods.
-METHODS = ("akima", "pchip", "cubic")
 
 
 def monotone_points(rate: Sequence[float], dist: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
