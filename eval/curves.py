@@ -98,5 +98,5 @@ def select_references(spec: str) -> list[dict[str, Any]]:
     unknown = [w for w in wanted if w not in by_name]
     if unknown or not wanted:
         raise ValueError(f"unknown published curve {', '.join(unknown) or repr(spec)} (known: "
-                         f"all, none, {', '.join(by_name)})")
+                         f"all, none, {', '.join(r['name'] for r in refs)})")
     return [by_name[w] for w in dict.fromkeys(wanted)]
