@@ -103,6 +103,14 @@ BASELINES: dict[str, PillowCodec] = {
             options={"subsampling": "4:2:0", "speed": 6, "max_threads": 1},
         ),
         PillowCodec(
+            name="avif-slow",
+            description="AVIF (libavif with aom via Pillow), 4:4:4, speed=1, single-threaded",
+            pil_format="AVIF",
+            feature="avif",
+            qualities=(5, 15, 25, 35, 45, 55, 65, 75, 85),
+            options={"subsampling": "4:4:4", "speed": 1, "max_threads": 1},
+        ),
+        PillowCodec(
             name="jpeg2000",
             description=(
                 "JPEG 2000 (OpenJPEG via Pillow), raw codestream, 9/7 wavelet + ICT; "

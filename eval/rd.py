@@ -35,7 +35,6 @@ from lsq.eval.baselines import BASELINES
 from lsq.fileio import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 CACHE_DIRNAME = ".cache"
 #: The config keys of a weights file that change whenever its weights do.
 WEIGHTS_IDENTITY = ("name", "family", "qualities", "codec_options", "N", "M", "steps",
@@ -327,7 +326,7 @@ def evaluate(
                 bar.update()
         bar.close()
         results = aggregate(codec, list(cached.values()), names)
-        results["dataset"] = dataset.name
+        results["dataset"] = dataset.resolve().name
         out_path = out_dir / f"{codec.name}.json"
         write_json(out_path, results)
         summary.written.append(out_path)
@@ -337,24 +336,3 @@ def evaluate(
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically (lsq.fileio) so a crash never leaves half a file."""
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """Read every results JSON in a directory (not the cache), in name order."""
-    if not results_dir.is_dir():
-        raise FileNotFoundError(f"results directory not found: {results_dir}")
-    curves = []
-    for path in sorted(results_dir.glob("*.json")):
-        data = json.loads(path.read_text())
-        if "results" not in data or "bpp" not in data["results"]:
-            raise ValueError(f"not a results file (no results.bpp): {path}")
-        data.setdefault("name", path.stem)
-        curves.append(data)
-    if not curves:
-        raise ValueError(f"no results *.json in {results_dir}")
-    return curves
-
-
-def load_references() -> list[dict[str, Any]]:
-    """CompressAI's published Kodak curves shipped in ``eval/reference`` (marked reference)."""
-    return [json.loads(p.read_text()) for p in sorted(REFERENCE_DIR.glob("*.json"))]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import subprocess
 import sys
 import types
 from dataclasses import replace
@@ -19,12 +21,15 @@ from PIL import Image
 
 from lsq.cli import evaluate
 from lsq.cli.evaluate import bdrate_cmd, eval_cmd, plot_cmd
-from lsq.eval import metrics, rd
+from lsq.eval import curves, metrics, rd
 from lsq.eval.baselines import BASELINES
 from lsq.eval.bdrate import bd_rate, bd_table, format_markdown
 from lsq.eval.plot import plot_rd
 
 CROP = 176  # smallest convenient size above MS-SSIM's 160-pixel minimum
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_RESULTS = REPO / "eval" / "results"
+COMPRESSAI_COMMIT = "869a9f5d4126d015b7de8f203fe60ee9e1608193"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,7 +138,7 @@ def test_results_read_by_compressai_plot_loader(crops: Path, tmp_path: Path) -> 
     assert psnr["ys"] == data["results"]["psnr-rgb"]
     msssim = parse_json_file(path, "ms-ssim")
     np.testing.assert_allclose(msssim["ys"], data["results"]["ms-ssim-db"])
-    for ref in rd.load_references():
+    for ref in curves.load_references():
         assert ref["reference"] and ref["source"]["license"]
         assert ref["results"]["bpp"] == sorted(ref["results"]["bpp"])
 
@@ -243,8 +248,8 @@ def test_lsq_adapter_uses_registry_family(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_plot_writes_png_and_svg(tmp_path: Path) -> None:
-    curves = [_curve("a", [0.1, 0.5, 1.0], [28.0, 32.0, 35.0])]
-    paths = plot_rd(curves, tmp_path / "rd.png", references=rd.load_references())
+    measured = [_curve("a", [0.1, 0.5, 1.0], [28.0, 32.0, 35.0])]
+    paths = plot_rd(measured, tmp_path / "rd.png", references=curves.load_references())
     assert [p.suffix for p in paths] == [".png", ".svg"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"bmshj2018-hyperprior (CompressAI published)" in paths[1].read_bytes()
@@ -284,3 +289,123 @@ def test_cli_success_and_error_paths(crops: Path, tmp_path: Path) -> None:
         assert result.exit_code != 0, args
         last = result.output.strip().splitlines()[-1]
         assert last.startswith("Error:") and needle in last, result.output
+
+
+def _bd_rows(output: str) -> dict[str, str]:
+    """codec label -> first BD-rate cell of a Markdown table printed by ``lsq bdrate``."""
+    rows = re.findall(r"^\| (.+?) \| ([^|]+?) \|", output, flags=re.MULTILINE)
+    return {name: cell for name, cell in rows if name != "codec"}
+
+
+def test_bdrate_anchor_vtm_on_shipped_results() -> None:
+    runner = CliRunner()
+    shipped = sorted(p.stem for p in SHIPPED_RESULTS.glob("*.json"))
+    assert {"avif", "avif-slow", "lsq-leech", "lsq-leech-cgf"} <= set(shipped)
+    result = runner.invoke(bdrate_cmd, [str(SHIPPED_RESULTS), "--anchor", "vtm", "--metric",
+                                        "psnr", "--method", "cubic"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("BD-rate vs vtm on Kodak (24 images) (cubic;")
+    rows = _bd_rows(result.output)
+    for name in shipped:
+        assert re.fullmatch(r"[+-]\d+\.\d\d", rows[name]), (name, rows[name])
+    refs = curves.load_references()
+    assert {f"{r['name']} (CompressAI published)" for r in refs} <= set(rows)
+    assert rows["av1 (CompressAI published)"] == "+16.22"
+    # The classic cubic fit gives the PSNR BD-rates against VTM that published tables quote.
+    published = {r["name"]: r["psnr"] for r in bd_table(refs, "vtm", ["psnr"], "cubic")}
+    expected = {"vtm": 0.0, "elic2022": -7.2, "minnen2020-cc10": 1.1, "cheng2020-anchor": 3.8,
+                "av1": 16.2, "mbt2018-mean": 21.0, "bpg-444": 22.1}
+    assert {k: round(published[k], 1) for k in expected} == expected
+    # The default akima interpolation differs by a few tenths; the anchor's case is free.
+    akima = runner.invoke(bdrate_cmd, [str(SHIPPED_RESULTS), "--anchor", "VTM", "--metric",
+                                       "psnr", "--references", "none"])
+    assert akima.exit_code == 0, akima.output
+    rows = _bd_rows(akima.output)
+    assert rows["vtm (CompressAI published)"] == "+0.00" and "elic2022" not in akima.output
+    assert set(rows) == {*shipped, "vtm (CompressAI published)"}
+    assert float(rows["lsq-leech"]) == pytest.approx(45.89, abs=0.01)
+
+
+def _write_curve(folder: Path, name: str, **fields: object) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {**_curve(name, [0.1, 0.5, 1.0], [28.0, 32.0, 35.0]), **fields}
+    (folder / f"{name}.json").write_text(json.dumps(data))
+
+
+def test_published_curves_only_beside_all_of_kodak(tmp_path: Path) -> None:
+    runner = CliRunner()
+    other = tmp_path / "results"
+    _write_curve(other, "a", dataset="clic", num_images=2)
+    _write_curve(other, "b", dataset="clic", num_images=2)
+    plotted = runner.invoke(plot_cmd, [str(other), "-o", str(tmp_path / "clic.png")])
+    assert plotted.exit_code == 0, plotted.output
+    assert "warning: published curves are Kodak's" in plotted.output
+    svg = (tmp_path / "clic.svg").read_bytes()
+    assert b"clic (2 images)" in svg and b"CompressAI published" not in svg
+    table = runner.invoke(bdrate_cmd, [str(other), "--anchor", "a", "--metric", "psnr"])
+    assert table.exit_code == 0 and "on clic (2 images)" in table.output
+    assert "published)" not in table.output and "| b | +0.00 |" in table.output
+    vtm = runner.invoke(bdrate_cmd, [str(other), "--anchor", "vtm"])
+    assert vtm.exit_code != 0
+    assert vtm.output.strip().splitlines()[-1] == (
+        "Error: anchor 'vtm' is a published Kodak curve; these results are on clic (2 images)")
+
+    # No dataset recorded: Kodak only when the folder's name says so.
+    _write_curve(tmp_path / "kodak-results", "a")
+    kodak = runner.invoke(bdrate_cmd, [str(tmp_path / "kodak-results"), "--anchor", "vtm",
+                                       "--metric", "psnr", "--references", "av1,vtm"])
+    assert kodak.exit_code == 0, kodak.output
+    assert set(_bd_rows(kodak.output)) == {
+        "a", "av1 (CompressAI published)", "vtm (CompressAI published)"}
+    _write_curve(tmp_path / "mine", "a")
+    assert curves.title_of(curves.load_results(tmp_path / "mine")) == "dataset not recorded"
+    assert not curves.on_kodak(curves.load_results(tmp_path / "mine"))
+    # Part of Kodak (--limit) is not the set the published curves average over.
+    _write_curve(tmp_path / "part", "a", dataset="kodak", num_images=3)
+    part = curves.load_results(tmp_path / "part")
+    assert not curves.on_kodak(part) and curves.title_of(part) == "kodak (3 images)"
+    _write_curve(tmp_path / "full", "a", dataset="kodak", num_images=24)
+    assert curves.title_of(curves.load_results(tmp_path / "full")) == "Kodak (24 images)"
+
+    _write_curve(other, "c", dataset="kodak", num_images=24)
+    mixed = runner.invoke(plot_cmd, [str(other), "-o", str(tmp_path / "mixed.png")])
+    assert mixed.exit_code != 0 and not (tmp_path / "mixed.png").exists()
+    assert "different datasets: a: clic (2 images); b: clic (2 images); c: kodak (24 images)" \
+        in mixed.output
+    bad = runner.invoke(plot_cmd, [str(tmp_path / "full"), "-o", str(tmp_path / "x.png"),
+                                   "--references", "vtm,vvc"])
+    assert bad.exit_code != 0 and "unknown published curve vvc (known: all, none, " in bad.output
+
+
+def test_eval_records_dataset_folder(crops: Path, tmp_path: Path) -> None:
+    rd.evaluate(crops, [CountingCodec()], tmp_path, progress=False)
+    data = json.loads((tmp_path / "fake.json").read_text())
+    assert (data["dataset"], data["num_images"]) == (crops.name, 2)
+    (loaded,) = curves.load_results(tmp_path)
+    assert loaded["dataset"] == crops.name
+
+
+def test_reference_curves_name_their_source() -> None:
+    refs = curves.load_references()
+    names = [r["name"] for r in refs]
+    assert len(set(names)) == len(names)
+    assert set(curves.HEADLINE_REFERENCES) <= set(names)
+    sources = (REPO / "eval" / "reference" / "SOURCES.md").read_text()
+    assert COMPRESSAI_COMMIT in sources
+    licence = (REPO / "eval" / "reference" / "LICENSE-CompressAI.txt").read_text()
+    assert licence.startswith("Copyright (c) 2021-2024, InterDigital Communications, Inc")
+    for ref in refs:
+        src = ref["source"]
+        assert src["commit"] == COMPRESSAI_COMMIT
+        assert src["url"].endswith(f"/{COMPRESSAI_COMMIT}/{src['path']}")
+        assert f"`{Path(src['path']).name}` | `{ref['name']}`" in sources
+        assert (ref["dataset"], ref["num_images"]) == ("kodak", 24)
+        res = ref["results"]
+        assert all(len(v) == len(res["bpp"]) for v in res.values())
+
+
+def test_plot_and_bdrate_commands_do_not_import_torch() -> None:
+    code = ("import sys; import lsq.cli.evaluate, lsq.eval.curves, lsq.eval.bdrate, "
+            "lsq.eval.plot; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
