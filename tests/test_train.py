@@ -242,7 +242,7 @@ def test_export_holds_the_spec_and_reloads_with_identical_outputs(images, tmp_pa
         meta = json.loads(f.metadata()["config"])
     assert set(export.META_KEYS) <= set(meta)
     assert meta["name"] == "t" and meta["steps"] == 6 and meta["N"] == 8
-    assert meta["qualities"] == [2, 5] and meta["default_quality"] == 2
+    assert meta["qualities"] == [2, 5] and meta["default_quality"] == 2.75
     assert ModelSpec.from_dict(meta["spec"]) == spec == ModelSpec.from_weights_config(meta)
     fresh = ModelSpec.from_dict(meta["spec"]).build()
     fresh.load_state_dict(load_file(str(exact)))
@@ -461,7 +461,7 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
         meta = json.loads(f.metadata()["config"])
     assert (meta["name"], meta["family"], meta["qualities"]) == ("tiny", "scalar", [3, 3])
     assert meta["steps"] == 2 and meta["data"].startswith(f"shards {shards}")
-    assert "held out (every 3th of alpha)" in meta["data"] and "3 held out" in meta["data"]
+    assert "13 train, 4 held out (1 in 3 of alpha)" in meta["data"]
     res = runner.invoke(lsq_main, ["train", "--help"])
     assert res.exit_code == 0 and "--preset" in res.output and "--init-transforms" in res.output
     res = runner.invoke(lsq_main, ["train", "--preset", "nope", "--images", str(image_dirs[0]),
@@ -475,7 +475,7 @@ def test_python_m_lsq_training_gives_one_line_errors(tmp_path):
         [sys.executable, "-m", "lsq.training", "--images", str(tmp_path / "none"), "--out",
          str(tmp_path / "run"), "--crop", "100"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("lsq.training: ") and "multiple of 64" in result.stderr
+    assert result.stderr.startswith("lsq.training: ") and "multiples of 64" in result.stderr
     assert not (tmp_path / "run").exists()
     result = subprocess.run(
         [sys.executable, "-m", "lsq.training", "--images", str(tmp_path / "none"), "--out",
@@ -493,8 +493,8 @@ def test_python_m_lsq_training_gives_one_line_errors(tmp_path):
     ({"context": "spatial"}, "spatial"),
     ({"context": "channel-groups", "group_transform": "dense"}, "dense"),
     ({"preset": "nope"}, "unknown preset 'nope'"),
-    ({"crop": 100}, "multiple of 64"),
-    ({"val_crop": 500}, "multiple of 64"),
+    ({"crop": 100}, "multiples of 64"),
+    ({"val_crop": 500}, "multiples of 64"),
     ({"M": 50}, "multiple of 24"),
     ({"default_quality": 7.5}, "--default-quality"),
     ({"default_quality": 2.83}, r"multiple of 1/256 .*e.g. 2.828125"),

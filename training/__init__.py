@@ -9,8 +9,16 @@ depends on), ``data``, ``loss``, ``step``, ``validate``, ``throughput``, ``check
 ``cli`` is ``python -m lsq.training``, which needs neither click nor tqdm.
 """
 
-from lsq.training.callbacks import Callback, TrainingDiverged
-from lsq.training.config import ConfigError, TrainConfig
-from lsq.training.trainer import Trainer, train
+import importlib
 
-__all__ = ["Callback", "ConfigError", "TrainConfig", "Trainer", "TrainingDiverged", "train"]
+#: Public names and their modules, imported on first use so that ``python -m
+#: lsq.training.export`` (or ``.checkpoint``) does not import its own module twice.
+_EXPORTS = {"Callback": "callbacks", "TrainingDiverged": "callbacks", "ConfigError": "config",
+            "TrainConfig": "config", "Trainer": "trainer", "train": "trainer"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lsq.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lsq.training.{_EXPORTS[name]}"), name)

@@ -5,7 +5,8 @@ A checkpoint is written as parts of at most PART_BYTES each (one file that the G
 can return per slot) and then a manifest naming them with their SHA-256, which commits
 them. Parts get fresh names, so a crash at any point leaves the previous checkpoint whole.
 Without its checkpoint a run falls back to exported fp16 weights and a fresh optimizer
-(``--init``).
+(``--init``). ``python -m lsq.training.checkpoint RUN_DIR OUT_DIR`` copies a run's latest
+checkpoint whole, even while the run goes on writing new ones.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import io
 import json
 import os
 import random
+import shutil
+import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +75,25 @@ def load(path: str | os.PathLike) -> dict:
     return torch.load(io.BytesIO(b"".join(chunks)), map_location="cpu", weights_only=True)
 
 
+def copy(src: str | os.PathLike, dst: str | os.PathLike, attempts: int = 5) -> list[Path]:
+    """Copy the latest checkpoint of run folder ``src`` into ``dst`` (manifest last), again if
+    a new checkpoint replaced it meanwhile; returns the copied files."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for _ in range(attempts):
+        manifest = (src / MANIFEST).read_bytes()
+        names = [p["file"] for p in json.loads(manifest)["parts"]]
+        try:
+            for name in names:
+                shutil.copyfile(src / name, dst / name)
+        except FileNotFoundError:  # removed by a newer checkpoint
+            continue
+        if (src / MANIFEST).read_bytes() == manifest:
+            write_atomic(dst / MANIFEST, manifest)
+            return [dst / name for name in names] + [dst / MANIFEST]
+    raise RuntimeError(f"{src}: the checkpoint kept changing while it was copied")
+
+
 def compact_optimizer_state(state: dict, dtype: torch.dtype) -> dict:
     """Adam's moments in ``dtype``; Optimizer.load_state_dict casts them back to fp32."""
     return {
@@ -115,3 +138,18 @@ def seed_everything(seed: int, rank: int, step: int) -> None:
     torch.manual_seed(int(ss.generate_state(1, np.uint64)[0]) & (2**63 - 1))
     np.random.seed(ss.generate_state(1)[0])
     random.seed(int(ss.generate_state(1)[0]))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        sys.exit("usage: python -m lsq.training.checkpoint RUN_DIR OUT_DIR")
+    try:
+        files = copy(*args)
+    except (OSError, ValueError, RuntimeError) as e:
+        sys.exit(f"lsq.training.checkpoint: {e}")
+    print(f"{args[0]}: {len(files) - 1} parts, {sum(f.stat().st_size for f in files):,} bytes")
+
+
+if __name__ == "__main__":
+    main()

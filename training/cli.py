@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .callbacks import TrainingDiverged
 from .config import ConfigError, TrainConfig, config_fields
+
+# compressai calls torch.jit.script at import; its deprecation notice is noise for users.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:

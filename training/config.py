@@ -86,7 +86,8 @@ class TrainConfig:
     device: str = _f("auto", "auto | cuda | cpu")
     name: str | None = _f(None, "model name in the export (default: OUT's name)")
     default_quality: float | None = _f(None, "quality `lsq encode` uses by default (export; "
-                                             "default: the --init weights', else the lowest)")
+                                             "default: the --init weights', else 2.75 if the "
+                                             "model has it)")
 
 
 class ConfigError(ValueError):
@@ -109,16 +110,18 @@ def _codec_options(base: ModelSpec, cfg: TrainConfig) -> dict:
     return options
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 def model_spec(cfg: TrainConfig) -> ModelSpec:
     """The run's model: its preset (or the default scalar model) with the given overrides."""
     base = preset(cfg.preset) if cfg.preset else ModelSpec("scalar")
-    pick = {k: getattr(cfg, k) for k in ("quantizer", "N", "M", "quality_min", "quality_max",
-                                         "proxy", "context")}
     low, high = base.qualities
     return ModelSpec(
-        pick["quantizer"] or base.latent_codec, pick["N"] or base.N, pick["M"] or base.M,
-        (pick["quality_min"] or low, pick["quality_max"] or high), pick["proxy"] or base.proxy,
-        pick["context"] or base.context, _codec_options(base, cfg))
+        _or(cfg.quantizer, base.latent_codec), _or(cfg.N, base.N), _or(cfg.M, base.M),
+        (_or(cfg.quality_min, low), _or(cfg.quality_max, high)), _or(cfg.proxy, base.proxy),
+        _or(cfg.context, base.context), _codec_options(base, cfg))
 
 
 def _recipe_problems(cfg: TrainConfig) -> list[str]:

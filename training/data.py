@@ -69,7 +69,7 @@ def load_data(data: str | None, images: Sequence[str], folders: Sequence[str], e
     """(training images, held-out images, description) of a run."""
     named, source = load_named(data, images)
     train, val, held = split(named, folders, every)
-    desc = (f"{source}: {len(train)} train, {len(val)} held out (every {every}th of "
+    desc = (f"{source}: {len(train)} train, {len(val)} held out (1 in {every} of "
             f"{', '.join(folders)})")
     return train, val, desc
 

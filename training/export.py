@@ -17,6 +17,8 @@ from lsq.models.spec import ModelSpec
 from . import checkpoint
 
 FINAL = "final.safetensors"
+#: Default quality of a model trained from scratch, until Kodak calibrates it (about 0.5 bpp).
+UNCALIBRATED_QUALITY = 2.75
 META_KEYS = (
     "name", "family", "qualities", "default_quality", "codec_options", "N", "M", "spec",
     "steps", "images_seen", "batch", "crop", "data", "gpu_time", "command",
@@ -48,7 +50,8 @@ def export_weights(ckpt: str | os.PathLike | dict, out_path: str | os.PathLike,
     model.update(force=True)
     full = {
         "name": cfg.get("name") or Path(cfg["out"]).name, **weights_config(spec),
-        "default_quality": state.get("default_quality") or spec.qualities[0],
+        "default_quality": state.get("default_quality") or min(
+            max(UNCALIBRATED_QUALITY, spec.qualities[0]), spec.qualities[1]),
         "steps": state["step"], "images_seen": state["step"] * cfg["batch"] * state["world_size"],
         "batch": cfg["batch"], "crop": cfg["crop"], "data": state.get("data"),
         "gpu_time": round(state.get("elapsed_s", 0.0), 1), "command": state.get("command"),
