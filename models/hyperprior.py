@@ -10,8 +10,9 @@ variable-rate with quality gains (Cui et al. 2021, ``lsq.models.quality``)::
 N: channels of the transforms and of z; M: channels of y, a multiple of 24 (the latent is
 cut into 24-dimensional blocks of 24 consecutive channels at one position). The latent
 codec (``lsq.models.latent_codecs``: scalar, bsq, leech, spherical-leech, optionally inside
-the channel-groups context model, codec option ``context="channel-groups"``) owns
-quantization, likelihoods and exact coding of y'; this class knows nothing quantizer-specific.
+the channel-groups context model) owns quantization, likelihoods and exact coding of y';
+this class knows nothing quantizer-specific. A model is built from a ``ModelSpec``
+(``lsq.models.spec``: codec, N, M, qualities, context, options), which it keeps as ``spec``.
 Following CompressAI, ``forward`` returns ``x_hat`` and ``likelihoods``
 (``-sum(log2(likelihoods))`` is the rate in bits), ``compress``/``decompress`` give and take
 strings, ``update`` freezes what coding needs, ``aux_loss`` trains the bottleneck's quantiles.
@@ -23,6 +24,8 @@ CompressAI's EntropyBottleneck and so never imports CompressAI: ``lsq encode`` a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,6 +34,7 @@ from lsq.models.bottleneck_tables import BottleneckTables
 from lsq.models.latent_codecs import LATENT_CODECS, make_latent_codec
 from lsq.models.layers import GDN, conv, deconv
 from lsq.models.quality import MAX_QUALITY, MIN_QUALITY, QualityGains
+from lsq.models.spec import ModelSpec
 
 QUANTIZERS = tuple(LATENT_CODECS)
 
@@ -38,13 +42,14 @@ QUANTIZERS = tuple(LATENT_CODECS)
 class LsqHyperprior(nn.Module):
     """Hyperprior codec with a choice of latent codec, for the qualities low..high."""
 
-    def __init__(self, quantizer: str = "leech", N: int = 128, M: int = 192,
-                 qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY),
-                 proxy: str = "mixed", for_coding: bool = False, **codec_options) -> None:
+    def __init__(self, spec: ModelSpec, for_coding: bool = False) -> None:
         super().__init__()
-        self.latent_codec = make_latent_codec(quantizer, M, proxy, **codec_options)
-        self.quantizer, self.N, self.M = quantizer, N, M
-        self.gains = QualityGains(M, *qualities)
+        N, M = spec.N, spec.M
+        self.spec = spec
+        self.latent_codec = make_latent_codec(spec.latent_codec, M, spec.proxy, spec.context,
+                                              **spec.codec_options)
+        self.quantizer, self.N, self.M = spec.latent_codec, N, M
+        self.gains = QualityGains(M, *spec.qualities)
         if for_coding:
             self.entropy_bottleneck: nn.Module = BottleneckTables(N)
         else:
@@ -147,8 +152,11 @@ class LsqHyperprior(nn.Module):
 
 
 def build_model(quantizer: str, N: int = 128, M: int = 192,
-                qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY),
-                for_coding: bool = False, **codec_options) -> LsqHyperprior:
-    """The registry's and the trainer's single way to construct a model."""
-    return LsqHyperprior(quantizer, N=N, M=M, qualities=tuple(qualities),
-                         for_coding=for_coding, **codec_options)
+                qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY), proxy: str = "mixed",
+                context: str = "none", for_coding: bool = False,
+                **codec_options: Any) -> LsqHyperprior:
+    """``ModelSpec(...).build(for_coding)`` with the spec's fields as arguments, for tests and
+    tools; raises SpecError as the spec does."""
+    spec = ModelSpec(quantizer, N=N, M=M, qualities=tuple(qualities), proxy=proxy,
+                     context=context, codec_options=codec_options)
+    return spec.build(for_coding=for_coding)

@@ -213,14 +213,11 @@ def verify(name: str, stream_hash: bytes) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
-    from lsq.models.hyperprior import build_model
+    from lsq.models.spec import ModelSpec
 
     config = _read_config(path)
     try:
-        low, high = (int(q) for q in config["qualities"])
-        net = build_model(config["family"], int(config["N"]), int(config["M"]),
-                          qualities=(low, high), for_coding=True,
-                          **config.get("codec_options", {}))
+        net = ModelSpec.from_weights_config(config).build(for_coding=True)
         state = weights_file.load_state(path)
         # Entropy tables are buffers of the state dict: never call update() here, it would
         # rebuild them from floats and break bit-exact decoding across machines.

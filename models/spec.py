@@ -1,91 +1,286 @@
-"""Stand-in for the model spec (the real one comes from the spec branch): one serialisable
-description of a model, the only way the trainer builds one."""
+"""ModelSpec: the one serialisable description of a model, and the one way to build it.
+
+A spec names the latent codec, the transforms' widths N and M, the integer qualities the
+model covers, the training proxy, the context model and every other latent-codec option.
+Its constructor validates it, so a spec that exists builds; ``to_dict``/``from_dict`` give
+the JSON form stored verbatim in every new weights file (key ``spec`` of the config), and
+``from_weights_config`` also reads the files that predate it (family, N, M, qualities,
+codec_options). Named presets live here, not in shell name parsing.
+
+The options a codec accepts are its constructor's keyword arguments (and the context
+model's), with their type hints: a new option needs no change here. Coding-time module:
+it imports no CompressAI, no compiler and no training code.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType, NoneType, UnionType
+from typing import Any
 
-from torch import nn
+import torch
+
+from lsq.codec.quantizers import BLOCK, PROXIES
+from lsq.models.latent_codecs import CONTEXTS, LATENT_CODECS, make_latent_codec
+from lsq.models.latent_codecs.channel_groups import ChannelGroupsLatentCodec
+from lsq.models.quality import MAX_QUALITY, MIN_QUALITY
+
+#: Constructor arguments that are spec fields, not codec options.
+_NOT_OPTIONS = frozenset({"self", "codec", "M", "proxy"})
 
 
 class SpecError(ValueError):
-    """A model description that does not describe a buildable model."""
+    """An invalid model spec; ``field`` names what is wrong and the message is one line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"model spec {field}: {message}")
+        self.field = field
+
+
+class FrozenOptions(Mapping[str, Any]):
+    """Codec options sorted by name, immutable and hashable (values are scalars or tuples)."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self._items = dict(sorted(options.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+def _accepted_options(latent_codec: str, context: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments the codec's constructor (and the context model's) takes."""
+    classes = [LATENT_CODECS[latent_codec]]
+    if context == "channel-groups":
+        classes.append(ChannelGroupsLatentCodec)
+    accepted = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls.__init__)
+        for name, param in inspect.signature(cls).parameters.items():
+            if name not in _NOT_OPTIONS and param.kind is not param.VAR_KEYWORD:
+                accepted[name] = param.replace(annotation=hints[name])
+    return accepted
+
+
+def _typed(value: Any, hint: Any, field: str) -> Any:
+    """``value`` as the canonical JSON-safe value of type ``hint`` (tuples for sequences)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (UnionType, typing.Union) and NoneType in args:
+        rest = [a for a in args if a is not NoneType]
+        return None if value is None else _typed(value, rest[0], field)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if (hint is float and isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value)):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    if origin is Sequence and isinstance(value, list | tuple):
+        return tuple(_typed(v, args[0], f"{field}[{i}]") for i, v in enumerate(value))
+    name = f"list of {args[0].__name__}" if origin is Sequence else hint.__name__
+    raise SpecError(field, f"{value!r} is not of type {name}")
+
+
+def _plain_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field, f"{value!r} is not an integer")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Latent codec, channels, qualities, training proxy, context model and codec options."""
+    """A model: latent codec, widths, qualities low..high, training proxy, context model and
+    the codec's other options. Options equal to their default are dropped, so two specs of
+    the same model compare equal."""
 
     latent_codec: str
     N: int = 128
     M: int = 192
-    qualities: tuple[int, int] = (1, 8)
+    qualities: tuple[int, int] = (MIN_QUALITY, MAX_QUALITY)
     proxy: str = "mixed"
     context: str = "none"
-    codec_options: dict = dataclasses.field(default_factory=dict)
+    codec_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from lsq.codec.quantizers import BLOCK, PROXIES
-
-        from .latent_codecs import CONTEXTS, LATENT_CODECS
-        from .quality import MAX_QUALITY, MIN_QUALITY
-
-        object.__setattr__(self, "qualities", tuple(self.qualities))
-        low, high = self.qualities
         if self.latent_codec not in LATENT_CODECS:
-            raise SpecError(f"unknown latent codec {self.latent_codec!r}")
-        if not LATENT_CODECS[self.latent_codec].variable_rate and low != high:
-            raise SpecError(f"{self.latent_codec} is fixed-rate: give one quality")
-        if not MIN_QUALITY <= low <= high <= MAX_QUALITY:
-            raise SpecError(f"qualities {low}..{high} outside {MIN_QUALITY}..{MAX_QUALITY}")
-        if self.context not in CONTEXTS:
-            raise SpecError(f"unknown context {self.context!r}")
+            raise SpecError("latent_codec", f"unknown quantizer {self.latent_codec!r}; "
+                                            f"expected one of {', '.join(LATENT_CODECS)}")
+        if _plain_int(self.N, "N") <= 0:
+            raise SpecError("N", f"{self.N} is not positive")
+        if _plain_int(self.M, "M") <= 0 or self.M % BLOCK:
+            raise SpecError("M", f"{self.M} is not a positive multiple of {BLOCK}")
+        object.__setattr__(self, "qualities", self._checked_qualities())
         if self.proxy not in PROXIES:
-            raise SpecError(f"unknown proxy {self.proxy!r}")
-        if self.M % BLOCK or self.M <= 0 or self.N <= 0:
-            raise SpecError(f"M must be a positive multiple of {BLOCK} and N positive")
+            raise SpecError("proxy", f"unknown {self.proxy!r}; expected one of "
+                                     f"{', '.join(PROXIES)}")
+        if self.context not in CONTEXTS:
+            raise SpecError("context", f"unknown {self.context!r}; expected one of "
+                                       f"{', '.join(CONTEXTS)}")
+        object.__setattr__(self, "codec_options", FrozenOptions(self._checked_options()))
+        self._check_option_values()
 
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "qualities": list(self.qualities)}
+    def _checked_qualities(self) -> tuple[int, int]:
+        q = self.qualities
+        if not (isinstance(q, list | tuple) and len(q) == 2):
+            raise SpecError("qualities", f"{q!r} is not a pair [low, high]")
+        low, high = (_plain_int(v, "qualities") for v in q)
+        if not MIN_QUALITY <= low <= high <= MAX_QUALITY:
+            raise SpecError("qualities", f"{low}..{high} is not an ordered range inside "
+                                         f"{MIN_QUALITY}..{MAX_QUALITY}")
+        if not LATENT_CODECS[self.latent_codec].variable_rate and low != high:
+            raise SpecError("qualities", f"{self.latent_codec} is fixed-rate: low and high "
+                                         f"must be equal, got {low}..{high}")
+        return low, high
+
+    def _checked_options(self) -> dict[str, Any]:
+        if not isinstance(self.codec_options, Mapping):
+            raise SpecError("codec_options", f"{self.codec_options!r} is not a mapping")
+        accepted = _accepted_options(self.latent_codec, self.context)
+        options = {}
+        for key, value in self.codec_options.items():
+            field = f"codec_options.{key}"
+            if key in ("context", "proxy"):
+                raise SpecError(field, f"give {key} as the spec's own field")
+            if key not in accepted:
+                takes = ", ".join(sorted(accepted)) or "none"
+                raise SpecError(field, f"{self.latent_codec} with context {self.context!r} "
+                                       f"takes no option {key!r} (it takes: {takes})")
+            value = _typed(value, accepted[key].annotation, field)
+            if value != accepted[key].default:
+                options[key] = value
+        return options
+
+    def _check_option_values(self) -> None:
+        """The codec's own constructor judges the option values, on the meta device (no
+        memory, no initialisation); options are added one at a time to name the bad one."""
+        options: dict[str, Any] = {}
+        for key, value in self.codec_options.items():
+            options[key] = value
+            try:
+                with torch.device("meta"):
+                    make_latent_codec(self.latent_codec, self.M, self.proxy, self.context,
+                                      **options)
+            except ValueError as e:
+                raise SpecError(f"codec_options.{key}", str(e)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: every field, in declaration order, options sorted, lists for tuples."""
+        return {
+            "latent_codec": self.latent_codec, "N": self.N, "M": self.M,
+            "qualities": list(self.qualities), "proxy": self.proxy, "context": self.context,
+            "codec_options": {k: list(v) if isinstance(v, tuple) else v
+                              for k, v in self.codec_options.items()},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelSpec:
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """The spec of a ``to_dict`` form; SpecError on unknown or missing fields."""
+        if not isinstance(d, Mapping):
+            raise SpecError("spec", f"{d!r} is not a mapping")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in fields]
+        if unknown:
+            raise SpecError(str(unknown[0]), f"unknown field; expected {', '.join(fields)}")
+        if "latent_codec" not in d:
+            raise SpecError("latent_codec", "missing")
         return cls(**d)
 
     @classmethod
-    def from_weights_config(cls, cfg: dict) -> ModelSpec:
-        options = dict(cfg.get("codec_options", {}))
-        return cls(cfg["family"], cfg["N"], cfg["M"], tuple(cfg["qualities"]),
-                   context=options.pop("context", "none"), codec_options=options)
+    def from_weights_config(cls, config: Mapping[str, Any]) -> ModelSpec:
+        """The spec of a weights file's config: its ``spec``, which must agree with the
+        file's family, N, M and qualities; in files that predate it, those fields and
+        codec_options (which then hold ``context``; the proxy, never recorded, is the
+        default)."""
+        if "spec" in config:
+            spec = cls.from_dict(config["spec"])
+            legacy = spec.weights_config()
+            for key in ("family", "N", "M", "qualities"):
+                if key in config and config[key] != legacy[key]:
+                    raise SpecError(key, f"the config says {config[key]!r}, its spec "
+                                         f"{legacy[key]!r}")
+            return spec
+        missing = [k for k in ("family", "N", "M", "qualities") if k not in config]
+        if missing:
+            raise SpecError(missing[0], "missing from the weights config")
+        options = config.get("codec_options") or {}
+        if not isinstance(options, Mapping):
+            raise SpecError("codec_options", f"{options!r} is not a mapping")
+        options = dict(options)
+        context = options.pop("context", "none")
+        qualities = config["qualities"]
+        if isinstance(qualities, list | tuple):  # JSON may give 6.0 for 6
+            qualities = tuple(int(q) if isinstance(q, float) and q.is_integer() else q
+                              for q in qualities)
+        return cls(config["family"], N=config["N"], M=config["M"], qualities=qualities,
+                   context=context, codec_options=options)
 
-    def build(self, for_coding: bool = False) -> nn.Module:
-        from .hyperprior import build_model
+    def weights_config(self) -> dict[str, Any]:
+        """The keys of a weights file's config that come from the spec: the spec itself and
+        the fields the registry and older tools read (codec_options with ``context``)."""
+        options = self.to_dict()["codec_options"]
+        if self.context != "none":
+            options = {"context": self.context, **options}
+        return {"family": self.latent_codec, "N": self.N, "M": self.M,
+                "qualities": list(self.qualities), "codec_options": options,
+                "spec": self.to_dict()}
 
-        context = {} if self.context == "none" else {"context": self.context}
-        try:
-            return build_model(self.latent_codec, self.N, self.M, self.qualities,
-                               proxy=self.proxy, for_coding=for_coding, **context,
-                               **self.codec_options)
-        except (ValueError, TypeError) as e:
-            raise SpecError(str(e)) from None
+    def build(self, for_coding: bool = False) -> torch.nn.Module:
+        """The model, freshly initialised (``for_coding``: without CompressAI, cannot train)."""
+        from lsq.models.hyperprior import LsqHyperprior
+
+        return LsqHyperprior(self, for_coding=for_coding)
 
 
-PRESETS: dict[str, ModelSpec] = {
+_FULL = {"group_transform": "full"}
+#: ELIC's uneven groups in whole blocks for M = 336: each as large as the ones before.
+_FLAGSHIP = {"group_transform": "full", "groups": (24, 24, 48, 96, 144)}
+
+#: Named models: the shipped ones, under their weights files' names too (bsq's name its
+#: fixed quality), the separable channel-groups models, and the flagship's Λ24 model and
+#: rounding twin.
+PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "leech": ModelSpec("leech"),
     "scalar": ModelSpec("scalar"),
-    "spherical-leech": ModelSpec("spherical-leech"),
     "leech-hybrid": ModelSpec("leech-hybrid"),
-    "leech-cg": ModelSpec("leech", context="channel-groups"),
-    "leech-cgf": ModelSpec("leech", context="channel-groups",
-                           codec_options={"group_transform": "full"}),
-    "scalar-cgf": ModelSpec("scalar", context="channel-groups",
-                            codec_options={"group_transform": "full"}),
+    "spherical-leech": ModelSpec("spherical-leech"),
+    "bsq-m96": ModelSpec("bsq", M=96, qualities=(1, 1)),
+    "bsq": ModelSpec("bsq", qualities=(2, 2)),
+    "bsq-m384": ModelSpec("bsq", M=384, qualities=(6, 6)),
+    "bsq-m96-q1": ModelSpec("bsq", M=96, qualities=(1, 1)),
     "bsq-q2": ModelSpec("bsq", qualities=(2, 2)),
-}
+    "bsq-m384-q6": ModelSpec("bsq", M=384, qualities=(6, 6)),
+    "leech-cg": ModelSpec("leech", context="channel-groups"),
+    "scalar-cg": ModelSpec("scalar", context="channel-groups"),
+    "leech-cgf": ModelSpec("leech", context="channel-groups", codec_options=_FULL),
+    "scalar-cgf": ModelSpec("scalar", context="channel-groups", codec_options=_FULL),
+    "leech-hybrid-cgf": ModelSpec("leech-hybrid", context="channel-groups",
+                                  codec_options=_FULL),
+    "flagship-leech": ModelSpec("leech", N=192, M=336, context="channel-groups",
+                                codec_options=_FLAGSHIP),
+    "flagship-scalar": ModelSpec("scalar", N=192, M=336, context="channel-groups",
+                                 codec_options=_FLAGSHIP),
+})
 
 
 def preset(name: str) -> ModelSpec:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise SpecError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})") from None
+    """The preset ``name``; SpecError naming the valid ones."""
+    if name not in PRESETS:
+        raise SpecError("preset", f"unknown {name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]

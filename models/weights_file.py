@@ -2,9 +2,11 @@
 
 The file's metadata holds one key, "config": a JSON object with at least REQUIRED_KEYS
 (name, family, qualities [low, high], default_quality, N, M), optionally codec_options,
-and how the weights were trained (steps, images_seen, batch, crop, data, gpu_time,
-command). Large float tensors are stored as fp16 where fp16 holds them, the rest (biases,
-entropy-coder tables, integer buffers) exactly. Training writes these files and the registry
+the model's ``spec`` (``lsq.models.spec``; files that predate it have none), and how the
+weights were trained (steps, images_seen, batch, crop, data, gpu_time, command).
+``ModelSpec.weights_config()`` gives the keys that come from the spec. Large float tensors
+are stored as fp16 where fp16 holds them, the rest (biases, entropy-coder tables, integer
+buffers) exactly. Training writes these files and the registry
 reads them; nothing here unpickles, so loading never runs code from a file.
 """
 
@@ -36,7 +38,8 @@ def _fp16_safe(t: torch.Tensor) -> bool:
 
 def save(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict,
          half: bool = True) -> Path:
-    """Write a state dict and its config atomically (temporary file, then rename)."""
+    """Write a state dict and its config atomically (temporary file, then rename); a
+    config's spec must be valid and agree with its family, N, M and qualities (SpecError)."""
     from safetensors.torch import save as to_bytes
 
     from lsq.fileio import write_atomic
@@ -44,6 +47,10 @@ def save(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict,
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise ValueError(f"weights config lacks {missing}")
+    if "spec" in config:
+        from lsq.models.spec import ModelSpec
+
+        ModelSpec.from_weights_config(config)
     tensors = {}
     for k, v in state.items():
         v = v.detach().cpu()

@@ -6,6 +6,7 @@ import torch
 from lsq.models import latent_coding
 from lsq.models.hyperprior import QUANTIZERS, build_model
 from lsq.models.quality import LAMBDAS, QualityGains, lmbda
+from lsq.models.spec import ModelSpec, SpecError
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +16,14 @@ def image() -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, 5, 1, 2)  # some spatial structure
 
 
+def qualities_of(quantizer: str) -> tuple[int, int]:
+    """bsq is fixed-rate: one quality per model."""
+    return (4, 4) if quantizer == "bsq" else (1, 8)
+
+
 def coded_model(quantizer: str, seed: int = 1):
     torch.manual_seed(seed)
-    qualities = (4, 4) if quantizer == "bsq" else (1, 8)
-    model = build_model(quantizer, N=16, M=48, qualities=qualities).eval()
+    model = build_model(quantizer, N=16, M=48, qualities=qualities_of(quantizer)).eval()
     with torch.no_grad():  # spread the gains so that qualities really differ
         model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
     model.update(force=True)
@@ -66,8 +71,9 @@ def test_quality_changes_only_the_gains(quantizer: str, image: torch.Tensor) -> 
 def test_training_forward_has_finite_rate_and_gradients(quantizer: str,
                                                         image: torch.Tensor) -> None:
     torch.manual_seed(2)
-    model = build_model(quantizer, N=16, M=48).train()
-    out = model(image.expand(2, -1, -1, -1), torch.tensor([1.5, 7.25]))
+    model = build_model(quantizer, N=16, M=48, qualities=qualities_of(quantizer)).train()
+    q = [4.0, 4.0] if quantizer == "bsq" else [1.5, 7.25]
+    out = model(image.expand(2, -1, -1, -1), torch.tensor(q))
     bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
     assert torch.isfinite(bits) and bits > 0
     (bits + ((out["x_hat"] - image) ** 2).mean()).backward()
@@ -132,14 +138,25 @@ def test_integer_leaky_relu_rounds_down_and_needs_a_power_of_two_slope() -> None
 
 
 def test_unknown_quantizer_bad_channels_and_qualities_raise() -> None:
-    with pytest.raises(ValueError, match="quantizer"):
+    """build_model validates through its ModelSpec."""
+    with pytest.raises(SpecError, match="latent_codec: unknown quantizer 'hexagonal'"):
         build_model("hexagonal")
-    with pytest.raises(ValueError, match="multiple of 24"):
+    with pytest.raises(SpecError, match="M: 50 is not a positive multiple of 24"):
         build_model("leech", N=16, M=50)
-    with pytest.raises(ValueError, match="quality range"):
+    with pytest.raises(SpecError, match="qualities: 0..8"):
         build_model("leech", N=16, M=24, qualities=(0, 8))
-    with pytest.raises(TypeError, match="mean_shift"):
+    with pytest.raises(SpecError, match="codec_options.mean_shift: scalar"):
         build_model("scalar", N=16, M=24, mean_shift=False)
+    with pytest.raises(SpecError, match="qualities: bsq is fixed-rate"):
+        build_model("bsq", N=16, M=24)
+
+
+def test_model_keeps_the_spec_it_was_built_from() -> None:
+    spec = ModelSpec("leech", N=16, M=48, qualities=(2, 5), codec_options={"mean_shift": False})
+    model = spec.build()
+    assert model.spec is spec and (model.gains.low, model.gains.high) == (2, 5)
+    assert model.latent_codec.mean_shift is False
+    assert build_model("leech", N=16, M=48, qualities=(2, 5), mean_shift=False).spec == spec
 
 
 def test_origin_anchored_leech_codes_exactly(image: torch.Tensor) -> None:

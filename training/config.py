@@ -188,9 +188,8 @@ def check(cfg: TrainConfig, data_given: bool = False) -> ModelSpec:
     spec = None
     try:
         spec = model_spec(cfg)
-        spec.build()  # the codec's own options are checked where they are used
     except SpecError as e:
-        problems.append(f"model: {e}")
+        problems.append(str(e))
     if not (cfg.data or cfg.images or data_given):
         problems.append("give --data (a shard folder) or --images (image folders)")
     if spec is not None:

@@ -25,14 +25,6 @@ META_KEYS = (
 )
 
 
-def weights_config(spec: ModelSpec) -> dict:
-    """The registry's keys for a spec (the context model is a codec option there)."""
-    options = {} if spec.context == "none" else {"context": spec.context}
-    return {"family": spec.latent_codec, "qualities": list(spec.qualities), "N": spec.N,
-            "M": spec.M, "codec_options": {**options, **spec.codec_options},
-            "spec": spec.to_dict()}
-
-
 def export_weights(ckpt: str | os.PathLike | dict, out_path: str | os.PathLike,
                    meta: dict | None = None, half: bool = True) -> Path:
     """Save a checkpoint's model (a run folder or a loaded checkpoint) as safetensors.
@@ -49,7 +41,7 @@ def export_weights(ckpt: str | os.PathLike | dict, out_path: str | os.PathLike,
     model.load_state_dict(state["model"])
     model.update(force=True)
     full = {
-        "name": cfg.get("name") or Path(cfg["out"]).name, **weights_config(spec),
+        "name": cfg.get("name") or Path(cfg["out"]).name, **spec.weights_config(),
         "default_quality": state.get("default_quality") or min(
             max(UNCALIBRATED_QUALITY, spec.qualities[0]), spec.qualities[1]),
         "steps": state["step"], "images_seen": state["step"] * cfg["batch"] * state["world_size"],

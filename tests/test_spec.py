@@ -1,0 +1,255 @@
+"""ModelSpec: validation, its JSON form, weights files, presets, and shipped models that code
+byte for byte as they did before models were built from specs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lsq.cli import main as cli_main
+from lsq.models import registry, weights_file
+from lsq.models.latent_codecs import ChannelGroupsLatentCodec
+from lsq.models.spec import PRESETS, ModelSpec, SpecError, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "weights"
+SAMPLE = ROOT / "eval" / "sample" / "kodim23.png"
+
+#: SHA-256 of `lsq encode eval/sample/kodim23.png` per shipped model and quality (None: the
+#: model's default), computed with the code before models were built from specs.
+STREAMS = {
+    ("bsq-m384-q6", None): "f6d4b7a129d98db365251612f4dce2f96e41fa9a5b66e614eb4ece3b1458cdef",
+    ("bsq-m96-q1", None): "8e0d42e621a0c6fe2c7017d5c768a0da80d8a3e3e53b6dbe49516173051e3a66",
+    ("bsq-q2", None): "65c1590814424d4c961c0a8db26d4d61c25fd6c957792037ff4f639eaa807091",
+    ("leech", None): "9da250d38dcc2c504583f01f9e8e6ff1d6ba6f1c48bce762dcb4c89573055f0d",
+    ("leech", 7): "e6449b9fab3621d43881fe058c204f5e494ff5091a6719dd03fd29d74e233899",
+    ("leech-cgf", None): "861f8a642417f4693755586c8ef6eff2f5926664afb520c7f13605c1fec27861",
+    ("leech-hybrid", None): "2a472f30ddd6e7e59abfdc9f9bc9fe5eac99b25ad915b0e9b0d1ce17e7980064",
+    ("leech-hybrid-cgf", None):
+        "977fd7db5ccb9372940a04c252ee6ea5d2ba3d864da859bcd3a780dba32e258f",
+    ("scalar", None): "c6cfe79eea07591fd2c8887ee749c0a1747b8a7f19ec8413b63dfc4d4c78427b",
+    ("scalar-cgf", None): "0d86d0897e8aa912829f9011a060549aed56683690ff097500b2bf3b2ade4019",
+    ("spherical-leech", None):
+        "96a5f7baab7d9b96667694fc16bb4748ad35fc5a381237dabab77c49564bac9a",
+}
+
+TINY = ModelSpec("leech", N=16, M=48, qualities=(2, 6), context="channel-groups",
+                 codec_options={"group_transform": "full", "groups": [24, 24]})
+
+
+def test_every_shipped_model_is_in_the_stream_table() -> None:
+    shipped = sorted(p.stem for p in SHIPPED.glob("*.safetensors"))
+    assert shipped == sorted({name for name, _ in STREAMS})
+
+
+@pytest.mark.parametrize(("name", "quality"), list(STREAMS))
+def test_shipped_model_codes_the_sample_to_the_same_bytes(name: str, quality: int | None,
+                                                          tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(SHIPPED))  # the clone's, not the wheel's
+    out = tmp_path / "out.lsq"
+    args = ["encode", str(SAMPLE), "-o", str(out), "--model", name, "-q"]
+    result = CliRunner().invoke(cli_main.main, args + ([] if quality is None else
+                                                       ["--quality", str(quality)]))
+    assert result.exit_code == 0, result.output
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == STREAMS[name, quality]
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _ in STREAMS}))
+def test_shipped_file_reads_as_the_preset_of_its_name(name: str) -> None:
+    config = weights_file.read_config(SHIPPED / f"{name}.safetensors")
+    assert "spec" not in config  # these predate specs: read from family, N, M, codec_options
+    assert ModelSpec.from_weights_config(config) == preset(name)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_spec_round_trips_through_a_weights_file(half: bool, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TINY.build()
+    with torch.no_grad():  # make the context transforms matter
+        for transform in model.latent_codec.integer_transforms:
+            transform[-1].weight.normal_(std=0.05)
+    model.update(force=True)
+    config = {"name": "tiny", "default_quality": 3, **TINY.weights_config()}
+    path = weights_file.save(model.state_dict(), tmp_path / "tiny.safetensors", config,
+                             half=half)
+    read = weights_file.read_config(path)
+    assert read["spec"] == TINY.to_dict()
+    spec = ModelSpec.from_weights_config(read)
+    assert spec == TINY and hash(spec) == hash(TINY)
+    rebuilt = spec.build()
+    stored = weights_file.load_state(path)
+    rebuilt.load_state_dict(stored)
+    original = model.state_dict()
+    assert rebuilt.state_dict().keys() == original.keys() == stored.keys()
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, stored[key]), key
+        if not half:
+            assert torch.equal(value, original[key]), key
+    coding = spec.build(for_coding=True)
+    coding.load_state_dict(stored)
+    image = torch.rand(1, 3, 64, 64)
+    strings = coding.compress(image, 3.5)["strings"]
+    assert strings == rebuilt.compress(image, 3.5)["strings"]
+    if not half:  # the same weights code the same bytes
+        assert strings == model.compress(image, 3.5)["strings"]
+
+
+def test_registry_loads_a_file_with_a_spec(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    model = TINY.build()
+    model.update(force=True)
+    config = {"name": "tiny", "default_quality": 3, **TINY.weights_config()}
+    weights_file.save(model.state_dict(), tmp_path / "tiny.safetensors", config)
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(tmp_path))
+    net = registry.load("tiny")
+    assert net.spec == TINY and isinstance(net.latent_codec, ChannelGroupsLatentCodec)
+    assert net.latent_codec.groups == (24, 24)
+
+
+def test_a_spec_that_disagrees_with_its_file_is_refused(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"name": "tiny", "default_quality": 3, **TINY.weights_config(), "M": 72}
+    with pytest.raises(SpecError, match="M: the config says 72") as err:
+        weights_file.save({}, tmp_path / "tiny.safetensors", config)
+    assert err.value.field == "M" and not (tmp_path / "tiny.safetensors").exists()
+    bad = {**TINY.weights_config(), "spec": {**TINY.to_dict(), "proxy": "dither"}}
+    with pytest.raises(SpecError, match="proxy"):
+        weights_file.save({}, tmp_path / "tiny.safetensors", {**config, **bad})
+    # a file written around the check: the registry names it, one line, no traceback
+    from safetensors.torch import save_file
+
+    save_file({}, str(tmp_path / "tiny.safetensors"),
+              metadata={"config": json.dumps({**config, **bad})})
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(registry.RegistryError, match=r"tiny.safetensors: .*proxy: unknown"):
+        registry.load("tiny")
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_and_round_trips(name: str) -> None:
+    spec = preset(name)
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert ModelSpec.from_weights_config(spec.weights_config()) == spec
+    legacy = {k: v for k, v in spec.weights_config().items() if k != "spec"}
+    assert ModelSpec.from_weights_config(legacy) == spec  # every preset trains with "mixed"
+    model = spec.build(for_coding=True)
+    assert model.spec is spec and (model.N, model.M) == (spec.N, spec.M)
+    assert (model.gains.low, model.gains.high) == spec.qualities
+    assert model.h_s[-1].out_channels == model.latent_codec.hyper_channels
+
+
+def test_bsq_presets_are_the_shipped_curve_under_both_names() -> None:
+    assert preset("bsq") == preset("bsq-q2") == ModelSpec("bsq", qualities=(2, 2))
+    assert preset("bsq-m96") == preset("bsq-m96-q1") == ModelSpec("bsq", M=96, qualities=(1, 1))
+    assert preset("bsq-m384") == preset("bsq-m384-q6") == ModelSpec("bsq", M=384,
+                                                                    qualities=(6, 6))
+
+
+def test_flagship_presets_are_twins() -> None:
+    leech, scalar = preset("flagship-leech"), preset("flagship-scalar")
+    assert (leech.N, leech.M, leech.context) == (192, 336, "channel-groups")
+    assert dataclasses.replace(leech, latent_codec="scalar") == scalar
+    assert leech.codec_options["groups"] == (24, 24, 48, 96, 144)
+
+
+def test_to_dict_is_json_safe_and_canonical() -> None:
+    spec = ModelSpec("leech-hybrid", qualities=[1, 8], codec_options={"above": 2})
+    assert spec.qualities == (1, 8) and spec.codec_options == {"above": 2.0}
+    assert list(spec.to_dict()) == ["latent_codec", "N", "M", "qualities", "proxy", "context",
+                                    "codec_options"]
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
+    # options given at their defaults are dropped: the same model, the same spec
+    assert ModelSpec("leech", codec_options={"mean_shift": True}) == preset("leech")
+    assert ModelSpec("leech", codec_options={"mean_shift": False}) != preset("leech")
+    options = ModelSpec("scalar", context="channel-groups",
+                        codec_options={"lrp": True, "group_transform": "full"}).codec_options
+    assert list(options) == ["group_transform", "lrp"]
+    with pytest.raises(TypeError):
+        options["lrp"] = False  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.N = 64  # type: ignore[misc]
+
+
+def test_replace_validates_too() -> None:
+    assert dataclasses.replace(preset("leech"), N=192, M=312).M == 312
+    with pytest.raises(SpecError, match="M: 100 is not a positive multiple of 24"):
+        dataclasses.replace(preset("leech"), M=100)
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), [
+    ({"latent_codec": "hexagonal"}, "latent_codec", "unknown quantizer 'hexagonal'"),
+    ({}, "latent_codec", "missing"),
+    ({"latent_codec": "leech", "depth": 3}, "depth", "unknown field"),
+    ({"latent_codec": "leech", "N": 0}, "N", "not positive"),
+    ({"latent_codec": "leech", "N": 12.5}, "N", "not an integer"),
+    ({"latent_codec": "leech", "M": 50}, "M", "multiple of 24"),
+    ({"latent_codec": "leech", "M": True}, "M", "not an integer"),
+    ({"latent_codec": "leech", "qualities": [0, 8]}, "qualities", "inside 1..8"),
+    ({"latent_codec": "leech", "qualities": [5, 3]}, "qualities", "ordered"),
+    ({"latent_codec": "leech", "qualities": [1, 4.5]}, "qualities", "not an integer"),
+    ({"latent_codec": "leech", "qualities": 3}, "qualities", "pair"),
+    ({"latent_codec": "bsq", "qualities": [1, 8]}, "qualities", "fixed-rate"),
+    ({"latent_codec": "leech", "proxy": "dither"}, "proxy", "unknown 'dither'"),
+    ({"latent_codec": "leech", "context": "checkerboard"}, "context", "unknown"),
+    ({"latent_codec": "scalar", "codec_options": {"mean_shift": False}},
+     "codec_options.mean_shift", "takes no option"),
+    ({"latent_codec": "leech", "codec_options": {"mean_shift": "no"}},
+     "codec_options.mean_shift", "not of type bool"),
+    ({"latent_codec": "leech", "codec_options": {"group_transform": "full"}},
+     "codec_options.group_transform", "takes no option"),
+    ({"latent_codec": "leech", "codec_options": {"context": "channel-groups"}},
+     "codec_options.context", "spec's own field"),
+    ({"latent_codec": "leech", "codec_options": [("mean_shift", False)]},
+     "codec_options", "not a mapping"),
+    ({"latent_codec": "leech-hybrid", "codec_options": {"above": float("inf")}},
+     "codec_options.above", "not of type float"),
+    ({"latent_codec": "leech", "context": "channel-groups",
+      "codec_options": {"group_transform": "dense"}},
+     "codec_options.group_transform", "unknown group transform 'dense'"),
+    ({"latent_codec": "leech", "context": "channel-groups",
+      "codec_options": {"groups": [24, 48]}}, "codec_options.groups", "adding up to M = 192"),
+    ({"latent_codec": "leech", "context": "channel-groups",
+      "codec_options": {"groups": [96, "96"]}}, "codec_options.groups[1]", "not of type int"),
+    ({"latent_codec": "leech", "context": "channel-groups", "codec_options": {"groups": 192}},
+     "codec_options.groups", "list of int"),
+])
+def test_invalid_spec_names_the_field(fields: dict, field: str, words: str) -> None:
+    with pytest.raises(SpecError, match=f"^model spec {re.escape(field)}: .*{words}") as err:
+        ModelSpec.from_dict(fields)
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_from_dict_and_weights_config_refuse_what_is_not_a_spec() -> None:
+    with pytest.raises(SpecError, match="spec: .* not a mapping"):
+        ModelSpec.from_dict(["leech"])  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="model spec M: missing"):
+        ModelSpec.from_weights_config({"family": "leech", "N": 128, "qualities": [1, 8]})
+    legacy = {"family": "leech", "N": 128, "M": 192, "qualities": [1.0, 8.0],
+              "codec_options": {"context": "channel-groups", "group_transform": "full"}}
+    assert ModelSpec.from_weights_config(legacy) == preset("leech-cgf")
+
+
+def test_unknown_preset_names_the_valid_ones() -> None:
+    with pytest.raises(SpecError, match="preset: unknown 'leech-xl'; expected one of leech, "):
+        preset("leech-xl")
+
+
+def test_spec_module_imports_no_compressai_or_training_code() -> None:
+    code = ("import sys; from lsq.models.spec import preset; "
+            "preset('leech-cgf').build(for_coding=True); "
+            "print(sorted(m for m in sys.modules if m.startswith(('compressai', 'lsq.training', "
+            "'lsq.models.train'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
