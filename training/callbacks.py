@@ -61,23 +61,21 @@ def batch_lr_factor(batch: int, reference: int, scaling: str) -> float:
 
 
 class LrSchedule(Callback):
-    """lr = base x batch factor x rollback scale, linear warm-up over this process's first
-    steps, divided by 10 after ``drop_at`` of all steps or ``drop_minutes`` of this process."""
+    """lr = base x batch factor x rollback scale, raised linearly over the run's first
+    ``warmup`` steps (a fresh optimizer: from scratch or from --init; counted in the run's
+    steps, so a resumed run goes on as if never stopped), divided by 10 after ``drop_step``
+    steps or ``drop_minutes`` of this process (time-bounded GPU sessions)."""
 
     def __init__(self, lr: float, factor: float, warmup: int, drop_step: int,
                  drop_minutes: float | None) -> None:
         self.base, self.warmup, self.drop_step = lr * factor, warmup, drop_step
         self.drop_s = None if drop_minutes is None else drop_minutes * 60
-        self.first = 0
-
-    def on_start(self, t: Trainer) -> None:
-        self.first = t.step
 
     def on_step_begin(self, t: Trainer) -> None:
         late = self.drop_s is not None and time.monotonic() - t.t_start >= self.drop_s
         lr = self.base * t.lr_scale * (0.1 if t.step >= self.drop_step or late else 1.0)
-        if t.step - self.first < self.warmup:
-            lr *= (t.step - self.first + 1) / self.warmup
+        if t.step < self.warmup:
+            lr *= (t.step + 1) / self.warmup
         t.opts.set_lr(lr)
         t.lr = lr
 

@@ -59,7 +59,8 @@ class TrainConfig:
     lr_drop_at: float = _f(0.9, "fraction of steps after which lr is divided by 10")
     lr_drop_minutes: float | None = _f(None, "also divide lr by 10 after this many minutes of "
                                              "this process (time-bounded GPU sessions)")
-    warmup_steps: int = _f(0, "raise lr linearly over this many steps of this process")
+    warmup_steps: int = _f(0, "raise lr linearly over the run's first steps (a fresh "
+                              "optimizer; a resumed run does not warm up again)")
     clip: float = _f(1.0, "gradient-norm clip, 0: off")
     seed: int = _f(0, "random seed")
     log_every: int = _f(100, "steps per log line")
