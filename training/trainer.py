@@ -53,7 +53,7 @@ class Trainer:
     def __init__(self, run: Run, callbacks: Sequence[cb.Callback], step: int = 0,
                  elapsed_s: float = 0.0, lr_scale: float = 1.0, t_start: float | None = None,
                  ) -> None:
-        self.run_, self.cfg, self.model, self.opts = run, run.cfg, run.model, run.opts
+        self.setup, self.cfg, self.model, self.opts = run, run.cfg, run.model, run.opts
         self.world, self.is_main, self.device = run.world, run.rank == 0, run.device
         self.net = distributed.wrap(run.model, run.world, run.device)
         self.callbacks = list(callbacks)
@@ -87,7 +87,7 @@ class Trainer:
 
     def state(self) -> dict:
         """Everything an exact resume needs (rank 0's part; the random streams of all)."""
-        run = self.run_
+        run = self.setup
         rng = distributed.gather(checkpoint.rng_state(run.sampler.get_state(), self.device),
                                  self.world)
         return {
@@ -123,7 +123,7 @@ class Trainer:
 
     def _step(self) -> str | None:
         self.notify("on_step_begin")
-        x = self.run_.sampler.sample(self.cfg.batch)
+        x = self.setup.sampler.sample(self.cfg.batch)
         stats = train_step(self.net, self.model, x, self.opts, self.cfg.clip, self.world,
                            self.cfg.channels_last)
         self.step += 1
