@@ -38,7 +38,10 @@ class SpecError(ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"model spec {field}: {message}")
-        self.field = field
+        self.field, self.message = field, message
+
+    def __reduce__(self) -> tuple[type[SpecError], tuple[str, str]]:
+        return SpecError, (self.field, self.message)  # pickles (worker processes)
 
 
 class FrozenOptions(Mapping[str, Any]):
@@ -94,7 +97,8 @@ def _typed(value: Any, hint: Any, field: str) -> Any:
         return value
     if origin is Sequence and isinstance(value, list | tuple):
         return tuple(_typed(v, args[0], f"{field}[{i}]") for i, v in enumerate(value))
-    name = f"list of {args[0].__name__}" if origin is Sequence else hint.__name__
+    name = f"list of {args[0].__name__}" if origin is Sequence else getattr(
+        hint, "__name__", str(hint))
     raise SpecError(field, f"{value!r} is not of type {name}")
 
 
@@ -102,6 +106,31 @@ def _plain_int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(field, f"{value!r} is not an integer")
     return value
+
+
+def _integral(qualities: Any) -> Any:
+    """Qualities with integral floats as ints: JSON may give 6.0 for 6."""
+    if not isinstance(qualities, list | tuple):
+        return qualities
+    return tuple(int(q) if isinstance(q, float) and q.is_integer() else q for q in qualities)
+
+
+def _file_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """context and codec_options from a weights config's codec_options, which hold both."""
+    options = config.get("codec_options") or {}
+    if not isinstance(options, Mapping):
+        raise SpecError("codec_options", f"{options!r} is not a mapping")
+    options = dict(options)
+    return {"context": options.pop("context", "none"), "codec_options": options}
+
+
+def _same_options(spec: ModelSpec, config: Mapping[str, Any]) -> bool:
+    """Whether a config's codec_options give the spec's context and options (up to
+    defaults and order)."""
+    try:
+        return dataclasses.replace(spec, **_file_options(config)) == spec
+    except SpecError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +148,7 @@ class ModelSpec:
     codec_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.latent_codec not in LATENT_CODECS:
+        if not isinstance(self.latent_codec, str) or self.latent_codec not in LATENT_CODECS:
             raise SpecError("latent_codec", f"unknown quantizer {self.latent_codec!r}; "
                                             f"expected one of {', '.join(LATENT_CODECS)}")
         if _plain_int(self.N, "N") <= 0:
@@ -205,31 +234,22 @@ class ModelSpec:
     @classmethod
     def from_weights_config(cls, config: Mapping[str, Any]) -> ModelSpec:
         """The spec of a weights file's config: its ``spec``, which must agree with the
-        file's family, N, M and qualities; in files that predate it, those fields and
-        codec_options (which then hold ``context``; the proxy, never recorded, is the
+        file's family, N, M, qualities and codec_options; in files that predate it, those
+        fields (codec_options then holds ``context``; the proxy, never recorded, is the
         default)."""
-        if "spec" in config:
-            spec = cls.from_dict(config["spec"])
-            legacy = spec.weights_config()
-            for key in ("family", "N", "M", "qualities"):
-                if key in config and config[key] != legacy[key]:
-                    raise SpecError(key, f"the config says {config[key]!r}, its spec "
-                                         f"{legacy[key]!r}")
-            return spec
-        missing = [k for k in ("family", "N", "M", "qualities") if k not in config]
-        if missing:
-            raise SpecError(missing[0], "missing from the weights config")
-        options = config.get("codec_options") or {}
-        if not isinstance(options, Mapping):
-            raise SpecError("codec_options", f"{options!r} is not a mapping")
-        options = dict(options)
-        context = options.pop("context", "none")
-        qualities = config["qualities"]
-        if isinstance(qualities, list | tuple):  # JSON may give 6.0 for 6
-            qualities = tuple(int(q) if isinstance(q, float) and q.is_integer() else q
-                              for q in qualities)
-        return cls(config["family"], N=config["N"], M=config["M"], qualities=qualities,
-                   context=context, codec_options=options)
+        if "spec" not in config:
+            missing = [k for k in ("family", "N", "M", "qualities") if k not in config]
+            if missing:
+                raise SpecError(missing[0], "missing from the weights config")
+            return cls(config["family"], N=config["N"], M=config["M"],
+                       qualities=_integral(config["qualities"]), **_file_options(config))
+        spec = cls.from_dict(config["spec"])
+        ours = spec.weights_config()
+        for key in ("family", "N", "M", "qualities", "codec_options"):
+            if key in config and config[key] != ours[key] and not (
+                    key == "codec_options" and _same_options(spec, config)):
+                raise SpecError(key, f"the config says {config[key]!r}, its spec {ours[key]!r}")
+        return spec
 
     def weights_config(self) -> dict[str, Any]:
         """The keys of a weights file's config that come from the spec: the spec itself and

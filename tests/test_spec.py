@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 import re
 import subprocess
 import sys
@@ -123,6 +124,17 @@ def test_a_spec_that_disagrees_with_its_file_is_refused(tmp_path: Path,
     with pytest.raises(SpecError, match="M: the config says 72") as err:
         weights_file.save({}, tmp_path / "tiny.safetensors", config)
     assert err.value.field == "M" and not (tmp_path / "tiny.safetensors").exists()
+    for key, value in (("family", "scalar"), ("qualities", [1, 8]),
+                       ("codec_options", {"context": "channel-groups"})):
+        config = {"name": "tiny", "default_quality": 3, **TINY.weights_config(), key: value}
+        with pytest.raises(SpecError, match=f"^model spec {key}: the config says"):
+            weights_file.save({}, tmp_path / "tiny.safetensors", config)
+    # options the config states at their defaults, in any order, describe the same model
+    same = {"groups": [24, 24], "lrp": False, "group_transform": "full",
+            "context": "channel-groups"}
+    config = {"name": "tiny", "default_quality": 3, **TINY.weights_config(),
+              "codec_options": same}
+    assert ModelSpec.from_weights_config(config) == TINY
     bad = {**TINY.weights_config(), "spec": {**TINY.to_dict(), "proxy": "dither"}}
     with pytest.raises(SpecError, match="proxy"):
         weights_file.save({}, tmp_path / "tiny.safetensors", {**config, **bad})
@@ -190,6 +202,7 @@ def test_replace_validates_too() -> None:
 @pytest.mark.parametrize(("fields", "field", "words"), [
     ({"latent_codec": "hexagonal"}, "latent_codec", "unknown quantizer 'hexagonal'"),
     ({}, "latent_codec", "missing"),
+    ({"latent_codec": ["leech"]}, "latent_codec", "unknown quantizer"),
     ({"latent_codec": "leech", "depth": 3}, "depth", "unknown field"),
     ({"latent_codec": "leech", "N": 0}, "N", "not positive"),
     ({"latent_codec": "leech", "N": 12.5}, "N", "not an integer"),
@@ -228,6 +241,8 @@ def test_invalid_spec_names_the_field(fields: dict, field: str, words: str) -> N
     with pytest.raises(SpecError, match=f"^model spec {re.escape(field)}: .*{words}") as err:
         ModelSpec.from_dict(fields)
     assert err.value.field == field and "\n" not in str(err.value)
+    again = pickle.loads(pickle.dumps(err.value))  # crosses process boundaries intact
+    assert (again.field, str(again)) == (field, str(err.value))
 
 
 def test_from_dict_and_weights_config_refuse_what_is_not_a_spec() -> None:
@@ -245,11 +260,14 @@ def test_unknown_preset_names_the_valid_ones() -> None:
         preset("leech-xl")
 
 
-def test_spec_module_imports_no_compressai_or_training_code() -> None:
-    code = ("import sys; from lsq.models.spec import preset; "
-            "preset('leech-cgf').build(for_coding=True); "
-            "print(sorted(m for m in sys.modules if m.startswith(('compressai', 'lsq.training', "
-            "'lsq.models.train'))))")
+def test_spec_module_imports_no_compressai_compiler_or_training_code() -> None:
+    """Building a coding model from a spec loads none of them: nothing at all of CompressAI
+    or training, and no torch._dynamo module beyond what the latent codecs load already."""
+    code = ("import sys; import lsq.models.latent_codecs; before = set(sys.modules); "
+            "from lsq.models.spec import preset; preset('leech-cgf').build(for_coding=True); "
+            "bad = ('compressai', 'lsq.training', 'lsq.models.train'); "
+            "print(sorted(m for m in sys.modules if m.startswith(bad)), "
+            "sorted(m for m in set(sys.modules) - before if m.startswith('torch._dynamo')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[] []"
