@@ -6,7 +6,10 @@
 # model is about 14 MB, a context model about 16 MB, so name at most four runs per call.
 # With CHECKPOINTS=1 the named runs' full checkpoints (manifest and parts of at most 16 MB,
 # lsq.training.checkpoint) come back too, in OUT_DIR/NAME/: copied into RUNS_DIR/NAME of
-# the next session, the run resumes exactly; count their parts against the call's 8 files.
+# the next session, the run resumes exactly; count their parts against the call's 8 files
+# (a leech checkpoint is about 56 MB, a context model's about 96 MB: once the run has
+# stopped, take a large one in two calls, `python3 -m lsq.training.checkpoint RUNS_DIR/NAME
+# OUT_DIR/NAME 0 3`, then `... 3 3`, and merge the two folders).
 # Whatever happens to the GPU machine next, at most one call's training is lost.
 # Usage: models/collect_session.sh RUNS_DIR OUT_DIR SECONDS [NAME...]
 set -uo pipefail

@@ -2,6 +2,7 @@
 session, so the commands they give and their failure paths are checked here with stand-ins."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +87,15 @@ def test_a_collected_checkpoint_copy_is_whole_and_loads(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "back" / checkpoint.MANIFEST).read_text())
     assert len(manifest["parts"]) == 3 and "3 parts" in result.stdout
     assert torch.equal(checkpoint.load(tmp_path / "back")["w"], state["w"])
+    two = tmp_path / "in-two-calls"  # a checkpoint too large for one return
+    for first in ("0", "2"):
+        subprocess.run([sys.executable, "-m", "lsq.training.checkpoint", str(tmp_path / "run"),
+                        str(two / first), first, "2"], check=True, timeout=120)
+    assert len(list((two / "0").glob("ckpt-*.bin"))) == 2
+    assert len(list((two / "2").glob("ckpt-*.bin"))) == 1
+    for part in (two / "2").iterdir():
+        shutil.copyfile(part, two / "0" / part.name)
+    assert torch.equal(checkpoint.load(two / "0")["w"], state["w"])
     result = subprocess.run([sys.executable, "-m", "lsq.training.checkpoint",
                              str(tmp_path / "none"), str(tmp_path / "x")],
                             capture_output=True, text=True, timeout=120)

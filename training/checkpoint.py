@@ -5,8 +5,8 @@ A checkpoint is written as parts of at most PART_BYTES each (one file that the G
 can return per slot) and then a manifest naming them with their SHA-256, which commits
 them. Parts get fresh names, so a crash at any point leaves the previous checkpoint whole.
 Without its checkpoint a run falls back to exported fp16 weights and a fresh optimizer
-(``--init``). ``python -m lsq.training.checkpoint RUN_DIR OUT_DIR`` copies a run's latest
-checkpoint whole, even while the run goes on writing new ones.
+(``--init``). ``python -m lsq.training.checkpoint RUN_DIR OUT_DIR [FIRST COUNT]`` copies a
+run's latest checkpoint (or some of its parts), even while the run goes on writing new ones.
 """
 
 from __future__ import annotations
@@ -75,14 +75,17 @@ def load(path: str | os.PathLike) -> dict:
     return torch.load(io.BytesIO(b"".join(chunks)), map_location="cpu", weights_only=True)
 
 
-def copy(src: str | os.PathLike, dst: str | os.PathLike, attempts: int = 5) -> list[Path]:
-    """Copy the latest checkpoint of run folder ``src`` into ``dst`` (manifest last), again if
-    a new checkpoint replaced it meanwhile; returns the copied files."""
+def copy(src: str | os.PathLike, dst: str | os.PathLike, parts: slice = slice(None),
+         attempts: int = 5) -> list[Path]:
+    """Copy the latest checkpoint of run folder ``src`` (its ``parts``, all by default, and
+    the manifest, last) into ``dst``, again if a new checkpoint replaced it meanwhile;
+    returns the copied files. A checkpoint larger than one return of the GPU machine comes
+    back in slices of parts, once its run has stopped."""
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for _ in range(attempts):
         manifest = (src / MANIFEST).read_bytes()
-        names = [p["file"] for p in json.loads(manifest)["parts"]]
+        names = [p["file"] for p in json.loads(manifest)["parts"]][parts]
         try:
             for name in names:
                 shutil.copyfile(src / name, dst / name)
@@ -141,11 +144,14 @@ def seed_everything(seed: int, rank: int, step: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``RUN_DIR OUT_DIR [FIRST COUNT]``: the whole checkpoint, or COUNT parts from FIRST."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        sys.exit("usage: python -m lsq.training.checkpoint RUN_DIR OUT_DIR")
+    usage = "usage: python -m lsq.training.checkpoint RUN_DIR OUT_DIR [FIRST COUNT]"
+    if len(args) not in (2, 4) or not all(a.isdigit() for a in args[2:]):
+        sys.exit(usage)
+    first, count = (int(a) for a in args[2:]) if len(args) == 4 else (0, None)
     try:
-        files = copy(*args)
+        files = copy(args[0], args[1], slice(first, None if count is None else first + count))
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"lsq.training.checkpoint: {e}")
     print(f"{args[0]}: {len(files) - 1} parts, {sum(f.stat().st_size for f in files):,} bytes")
