@@ -39,7 +39,7 @@ EXPECTED_ERRORS = {
     "lsq.codec.bitstream": ("BitstreamError",),
     "lsq.image_codec": ("DeviceError", "ImageCodecError"),
     "lsq.models.registry": ("ModelMismatchError", "RegistryError", "UnknownModelError"),
-    "lsq.models.train": ("ConfigError", "TrainingDiverged"),
+    "lsq.training": ("ConfigError", "TrainingDiverged"),
 }
 
 

@@ -1,7 +1,7 @@
-"""`lsq train` and `lsq pack-shards`: click wrappers over lsq.models.train / lsq.models.shards.
+"""`lsq train` and `lsq pack-shards`: click wrappers over lsq.training / lsq.models.shards.
 
 The options are generated from TrainConfig, the same source as the argparse entry point
-``python -m lsq.models.train`` that the GPU machine (which may lack click) uses.
+``python -m lsq.training`` that the GPU machine (which may lack click) uses.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import click
 
 from lsq.models.shards import DEFAULT_MAX_BYTES, DEFAULT_VAL_EVERY
 from lsq.models.shards import pack_shards as pack
-from lsq.models.train import TrainConfig, config_fields
-from lsq.models.train import train as run_training
+from lsq.training.config import TrainConfig, config_fields
 
 
 def _config_options(command):
@@ -22,10 +21,12 @@ def _config_options(command):
         flag = "--" + f.name.replace("_", "-")
         if scalar is bool:
             option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default,
-                                  show_default=True, help=f.metadata["help"])
+                                  show_default=f.default is not None, help=f.metadata["help"])
         elif is_list:
-            option = click.option(flag, f.name, type=click.Path(exists=True, file_okay=False),
-                                  multiple=True, help=f.metadata["help"] + " (repeatable)")
+            kind = click.Path(exists=True, file_okay=False) if f.name == "images" else str
+            option = click.option(flag, f.name, type=kind, multiple=True,
+                                  default=f.default_factory(), show_default=True,
+                                  help=f.metadata["help"] + " (repeatable)")
         else:
             option = click.option(flag, f.name, type=scalar, default=f.default,
                                   show_default=f.default is not None, help=f.metadata["help"])
@@ -37,8 +38,10 @@ def _config_options(command):
 @_config_options
 def train(**options) -> None:
     """Train one model; resumes from OUT's checkpoint and exports OUT/final.safetensors."""
-    options["images"] = list(options["images"])
-    run_training(TrainConfig(**options))
+    from lsq.training import train as run_training
+
+    cfg = TrainConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+    run_training(cfg)
 
 
 @click.command("pack-shards")
@@ -47,7 +50,8 @@ def train(**options) -> None:
 @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True, type=float,
               help="largest shard file")
 @click.option("--val-every", default=DEFAULT_VAL_EVERY, show_default=True, type=int,
-              help="every n-th image (sorted by name) is held out for validation")
+              help="every n-th image (sorted by name) is marked held out in the shards "
+                   "(training takes its own held-out slice: lsq.training.data)")
 def pack_shards(src: tuple[str, ...], out: str, max_bytes: float, val_every: int) -> None:
     """Pack the images under SRC folders into shards for the GPU machine."""
     for path in pack(src, Path(out), max_bytes, val_every):

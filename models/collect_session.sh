@@ -4,26 +4,38 @@
 # the logs in one tarball. A call returns at most 8 files of 16 MiB, 64 MiB in all: a larger
 # file is split into NAME.safetensors.part-aa, -ab, ... (join them with cat); a hyperprior
 # model is about 14 MB, a context model about 16 MB, so name at most four runs per call.
+# With CHECKPOINTS=1 the named runs' full checkpoints (manifest and parts of at most 16 MB,
+# lsq.training.checkpoint) come back too, in OUT_DIR/NAME/: copied into RUNS_DIR/NAME of
+# the next session, the run resumes exactly; count their parts against the call's 8 files
+# (a leech checkpoint is about 56 MB, a context model's about 96 MB: once the run has
+# stopped, take a large one in two calls, `python3 -m lsq.training.checkpoint RUNS_DIR/NAME
+# OUT_DIR/NAME 0 3`, then `... 3 3`, and merge the two folders).
 # Whatever happens to the GPU machine next, at most one call's training is lost.
 # Usage: models/collect_session.sh RUNS_DIR OUT_DIR SECONDS [NAME...]
 set -uo pipefail
 runs=$1 out=$2 wait_s=$3
 shift 3
 # fail before waiting, not after: session 13 lost a collect to a missing PYTHONPATH
-python3 -c "import lsq.models.export_runs" || { echo "collect_session: lsq is not importable" \
+python3 -c "import lsq.training.export" || { echo "collect_session: lsq is not importable" \
   "(export PYTHONPATH as train_session.sh's caller did)" >&2; exit 1; }
 end=$((SECONDS + wait_s))
-while ((SECONDS < end)) && pgrep -f "lsq.models.train" >/dev/null; do sleep 10; done
+while ((SECONDS < end)) && pgrep -f "lsq[.]training --preset" >/dev/null; do sleep 10; done
 for log in "$runs"/*.log; do echo "== $log"; grep -v "val_" "$log" | tail -n 2; \
   grep "val_" "$log" | tail -n 1 | cut -c1-400; done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 tmp=$(mktemp -d)
-python3 -m lsq.models.export_runs "$runs" "$tmp"
+python3 -m lsq.training.export "$runs" "$tmp"
 mkdir -p "$out"
 if (($#)); then for name in "$@"; do cp "$tmp/$name.safetensors" "$out/"; done
 else cp "$tmp"/*.safetensors "$out/"; fi
 for file in "$out"/*.safetensors; do
   if (($(stat -c %s "$file") > 16500000)); then split -b 15000000 "$file" "$file.part-" && rm "$file"; fi
 done
-tar -czf "$out/logs.tgz" -C "$runs" --exclude='ckpt-*' --exclude='*.safetensors' .
+if [[ ${CHECKPOINTS:-} == 1 ]]; then
+  names=("$@")
+  ((${#names[@]})) || names=($(cd "$runs" && for d in */; do [[ -f $d/checkpoint.json ]] && echo "${d%/}"; done))
+  for name in "${names[@]}"; do python3 -m lsq.training.checkpoint "$runs/$name" "$out/$name"; done
+fi
+tar -czf "$out/logs.tgz" -C "$runs" --exclude='ckpt-*' --exclude='checkpoint.json' \
+  --exclude='*.safetensors' .
 ls -la "$out"

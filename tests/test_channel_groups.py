@@ -12,7 +12,7 @@ from lsq.models import latent_coding, registry, weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ChannelGroupsLatentCodec, make_latent_codec
 from lsq.models.latent_codecs.channel_groups import default_groups, group_slices
-from lsq.models.train import warm_start
+from lsq.training.warm_start import warm_start
 
 CONTEXT = {"context": "channel-groups"}
 Q = 2.671875  # a multiple of 1/256

@@ -1,27 +1,23 @@
-"""models/train_session.sh turns run names into the right training commands: a wrong flag
-there costs a whole GPU session, so its parsing is checked here with a stand-in trainer."""
+"""models/train_session.sh and collect_session.sh: a wrong flag there costs a whole GPU
+session, so the commands they give and their failure paths are checked here with stand-ins."""
 
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lsq.models import weights_file
+import torch
+
+from lsq.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "models" / "train_session.sh"
-#: The weights the stand-in tree ships, whatever models/weights holds today.
-SHIPPED = ("leech", "scalar", "spherical-leech", "scalar-cgf")
 
 
 def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> dict[str, str]:
-    """{run name: the arguments train_session.sh gives lsq.models.train} for NAMES, run in a
-    tree whose models/weights holds SHIPPED (the script resolves its --init files there)."""
-    tree = tmp_path / "tree"
-    for name in SHIPPED:
-        config = dict.fromkeys(weights_file.REQUIRED_KEYS, 0) | {"name": name,
-                                                                 "default_quality": 3.5}
-        weights_file.save({}, tree / "models" / "weights" / f"{name}.safetensors", config)
+    """{run name: the arguments train_session.sh gives lsq.training} for NAMES."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"  # prints a training command's arguments, runs anything else
@@ -31,7 +27,7 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
     fake.chmod(0o755)
     runs = tmp_path / "runs"
     path = f"{bin_dir}:/usr/bin:/bin"
-    subprocess.run(["bash", str(SCRIPT), "/data", str(runs), "20", "17", *names], cwd=tree,
+    subprocess.run(["bash", str(SCRIPT), "/data", str(runs), "20", "17", *names], cwd=tmp_path,
                    check=True, env={"PATH": path, **(env or {})}, timeout=60)
     stems = (name.split("@")[0].split(":")[0] for name in names)  # NAME[:STEPS][@FROM]
     logs = {stem: runs / f"{stem}.log" for stem in stems}
@@ -44,33 +40,18 @@ def session_commands(tmp_path: Path, *names: str, env: dict | None = None) -> di
 
 def test_train_session_builds_each_runs_command(tmp_path: Path) -> None:
     cmds = session_commands(tmp_path, "leech", "scalar:600", "spherical-leech@leech",
-                            "bsq-m96-q2", "spherical-leech-cg-lrp", "leech-cgf",
-                            "scalar-cgf-lrp", "leech-cg",
+                            "leech-cgf",
                             env={"COMPILE": "inductor", "TRAIN_ARGS": "--channels-last --bf16"})
-    leech = cmds["leech"].split()
-    assert leech[leech.index("--quantizer") + 1] == "leech"
-    assert "--init models/weights/leech.safetensors --warmup-steps 500" in cmds["leech"]
+    assert cmds["leech"].startswith(f"--preset leech --out {tmp_path}/runs/leech --name leech ")
+    assert "--init auto --warmup-steps 500" in cmds["leech"]
     assert "--steps 150000" in cmds["leech"] and "--compile inductor" in cmds["leech"]
     assert "--max-minutes 20 --lr-drop-minutes 17" in cmds["leech"]
     assert all(cmd.split()[-3:-1] == ["--channels-last", "--bf16"] for cmd in cmds.values())
-    assert "--steps 600" in cmds["scalar"]
+    assert "--steps 600" in cmds["scalar"] and "--preset scalar " in cmds["scalar"]
     assert "--init-transforms models/weights/leech.safetensors" in cmds["spherical-leech"]
     assert "--init " not in cmds["spherical-leech"]
-    assert "--quantizer bsq --M 96 --quality-min 2 --quality-max 2" in cmds["bsq-m96-q2"]
-    assert "--default-quality 2 " in cmds["bsq-m96-q2"]
-    lrp = cmds["spherical-leech-cg-lrp"]  # falls back to the shipped model without -cg-lrp
-    assert "--quantizer spherical-leech --lrp --context channel-groups" in lrp
-    assert "--init models/weights/spherical-leech.safetensors" in lrp
-    full = cmds["leech-cgf"]  # full group transforms, from the hyperprior model
-    assert "--quantizer leech --group-transform full --context channel-groups" in full
-    assert "--init models/weights/leech.safetensors" in full
-    assert "--default-quality 3.5 " in full
-    full_lrp = cmds["scalar-cgf-lrp"]  # from the shipped model without LRP
-    assert "--quantizer scalar --lrp --group-transform full --context channel-groups" in full_lrp
-    assert "--init models/weights/scalar-cgf.safetensors" in full_lrp
-    assert "--init models/weights/leech.safetensors" in cmds["leech-cg"]
+    assert "--preset leech-cgf " in cmds["leech-cgf"]
     assert cmds["leech"].endswith("CUDA_VISIBLE_DEVICES=0")  # one GPU (none here): all on 0
-    assert lrp.endswith("CUDA_VISIBLE_DEVICES=0")
 
 
 def test_train_session_spreads_runs_over_the_gpus(tmp_path: Path) -> None:
@@ -93,3 +74,29 @@ def test_collect_session_stops_at_once_without_lsq(tmp_path: Path) -> None:
         timeout=30)
     assert result.returncode == 1 and "lsq is not importable" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_collected_checkpoint_copy_is_whole_and_loads(tmp_path: Path) -> None:
+    """What collect_session.sh returns with CHECKPOINTS=1: the manifest and its parts."""
+    state = {"step": 7, "w": torch.arange(300_000, dtype=torch.float32)}
+    checkpoint.save(tmp_path / "run", state, part_bytes=500_000)
+    result = subprocess.run([sys.executable, "-m", "lsq.training.checkpoint",
+                             str(tmp_path / "run"), str(tmp_path / "back")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "back" / checkpoint.MANIFEST).read_text())
+    assert len(manifest["parts"]) == 3 and "3 parts" in result.stdout
+    assert torch.equal(checkpoint.load(tmp_path / "back")["w"], state["w"])
+    two = tmp_path / "in-two-calls"  # a checkpoint too large for one return
+    for first in ("0", "2"):
+        subprocess.run([sys.executable, "-m", "lsq.training.checkpoint", str(tmp_path / "run"),
+                        str(two / first), first, "2"], check=True, timeout=120)
+    assert len(list((two / "0").glob("ckpt-*.bin"))) == 2
+    assert len(list((two / "2").glob("ckpt-*.bin"))) == 1
+    for part in (two / "2").iterdir():
+        shutil.copyfile(part, two / "0" / part.name)
+    assert torch.equal(checkpoint.load(two / "0")["w"], state["w"])
+    result = subprocess.run([sys.executable, "-m", "lsq.training.checkpoint",
+                             str(tmp_path / "none"), str(tmp_path / "x")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1

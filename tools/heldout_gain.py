@@ -1,11 +1,13 @@
 """How much a training session gained on the held-out slice: issue 12's stop rule.
 
     python -m lsq.tools.heldout_gain NAME:STEP[-END]... [--logs models/weights/logs]
+                                     [--crops-per-step 16]
 
 For each model, BD-PSNR over the qualities its validation rows hold (``bjontegaard``, Akima)
 from the last row of ``LOGS/NAME-val.csv`` at or before STEP (where the session started) to
-the last row (or the last at or before END), and the same per 500,000 crops of batch 16 (the
-stop rule: 0.1 dB). END measures part of a session, e.g. up to its learning-rate drop.
+the last row (or the last at or before END), and the same per 500,000 crops (the stop rule:
+0.1 dB); a step is --crops-per-step crops (the batch times the GPUs; the shipped runs: 16).
+END measures part of a session, e.g. up to its learning-rate drop.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lsq.tools.heldout_gain", description=__doc__)
     parser.add_argument("runs", nargs="+", metavar="NAME:STEP[-END]")
     parser.add_argument("--logs", type=Path, default=Path("models/weights/logs"))
+    parser.add_argument("--crops-per-step", type=int, default=CROPS_PER_STEP)
     args = parser.parse_args(argv)
     for spec in args.runs:
         name, _, steps = spec.partition(":")
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    int(end) if end else float("inf"))
         except (OSError, ValueError, KeyError) as e:
             sys.exit(f"heldout_gain: {spec}: {e}")
-        crops = (last - first) * CROPS_PER_STEP
+        crops = (last - first) * args.crops_per_step
         print(f"{name}: step {first:,} -> {last:,}: {db:+.3f} dB over {crops / 1e3:.0f}k crops, "
               f"{db * PER_CROPS / max(crops, 1):+.3f} dB per {PER_CROPS // 1000}k")
 

@@ -1,0 +1,217 @@
+"""The trainer's policies, one callback each: learning-rate schedule, time budget, non-finite
+rollback, periodic checkpoints, logging, validation and the final export.
+
+A callback sees the trainer at these points: ``on_start``; ``on_step_begin`` and
+``on_step_end(stats)`` around every step; ``request`` at check points, where it may ask for
+"rollback", "stop" or "checkpoint" (rank 0's requests are what every rank does);
+``on_rollback(from_step)`` and ``on_save`` after the trainer did so; ``on_pause`` after
+time that was not training (a checkpoint, a validation); ``on_end``. ``result``
+adds to what ``Trainer.run`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import export
+from .validate import evaluate
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+MAX_ROLLBACKS = 3  # a run that diverges again after this many halvings of lr stops
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite after MAX_ROLLBACKS rollbacks; the last checkpoint is the last
+    finite state."""
+
+
+class Callback:
+    def on_start(self, t: Trainer) -> None: ...
+
+    def on_step_begin(self, t: Trainer) -> None: ...
+
+    def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None: ...
+
+    def request(self, t: Trainer) -> str | None:
+        return None
+
+    def on_rollback(self, t: Trainer, from_step: int) -> None: ...
+
+    def on_save(self, t: Trainer) -> None: ...
+
+    def on_pause(self, t: Trainer) -> None: ...
+
+    def on_end(self, t: Trainer) -> None: ...
+
+    def result(self) -> dict:
+        return {}
+
+
+def batch_lr_factor(batch: int, reference: int, scaling: str) -> float:
+    """How much a batch of ``batch`` crops (all GPUs) raises the lr meant for ``reference``."""
+    ratio = batch / reference
+    return {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[scaling]
+
+
+class LrSchedule(Callback):
+    """lr = base x batch factor x rollback scale, raised linearly over the run's first
+    ``warmup`` steps (a fresh optimizer: from scratch or from --init; counted in the run's
+    steps, so a resumed run goes on as if never stopped), divided by 10 after ``drop_step``
+    steps or ``drop_minutes`` of this process (time-bounded GPU sessions)."""
+
+    def __init__(self, lr: float, factor: float, warmup: int, drop_step: int,
+                 drop_minutes: float | None) -> None:
+        self.base, self.warmup, self.drop_step = lr * factor, warmup, drop_step
+        self.drop_s = None if drop_minutes is None else drop_minutes * 60
+
+    def on_step_begin(self, t: Trainer) -> None:
+        late = self.drop_s is not None and time.monotonic() - t.t_start >= self.drop_s
+        lr = self.base * t.lr_scale * (0.1 if t.step >= self.drop_step or late else 1.0)
+        if t.step < self.warmup:
+            lr *= (t.step + 1) / self.warmup
+        t.opts.set_lr(lr)
+        t.lr = lr
+
+
+class TimeBudget(Callback):
+    """Stop (with a checkpoint) after ``minutes`` of this process or at Unix time ``until``."""
+
+    def __init__(self, minutes: float | None, until: float | None) -> None:
+        self.seconds, self.until = (None if minutes is None else minutes * 60), until
+
+    def request(self, t: Trainer) -> str | None:
+        over = self.seconds is not None and time.monotonic() - t.t_start >= self.seconds
+        return "stop" if over or (self.until is not None and time.time() >= self.until) else None
+
+
+class NonFiniteRollback(Callback):
+    """After a non-finite loss, back to the last checkpoint (every run has one: the first is
+    written before step one) with half the learning rate; TrainingDiverged after
+    MAX_ROLLBACKS of them."""
+
+    def __init__(self) -> None:
+        self.bad: torch.Tensor | None = None
+
+    def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
+        bad = ~torch.isfinite(stats).all()
+        self.bad = bad if self.bad is None else self.bad | bad
+
+    def request(self, t: Trainer) -> str | None:
+        return "rollback" if self.bad is not None and bool(self.bad) else None
+
+    def on_rollback(self, t: Trainer, from_step: int) -> None:
+        if t.rollbacks == MAX_ROLLBACKS:
+            raise TrainingDiverged(
+                f"training diverged (non-finite loss) at step {from_step} after {t.rollbacks} "
+                f"rollbacks with the learning rate halved each time; the checkpoint in "
+                f"{t.out_dir} holds the last finite state")
+        t.lr_scale, t.rollbacks = t.lr_scale / 2, t.rollbacks + 1
+        self.bad = None
+        t.log({"step": t.step, "rollback_from": from_step, "lr_scale": t.lr_scale})
+
+
+class PeriodicCheckpoint(Callback):
+    """A checkpoint every ``minutes``."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.last = minutes * 60, time.monotonic()
+
+    def request(self, t: Trainer) -> str | None:
+        return "checkpoint" if time.monotonic() - self.last >= self.seconds else None
+
+    def on_save(self, t: Trainer) -> None:
+        self.last = time.monotonic()
+
+
+class Logger(Callback):
+    """Means of the step statistics every ``every`` steps (and at the last), with images/s
+    of training alone (time spent in checkpoints and validation left out)."""
+
+    KEYS = ("loss", "bpp", "mse", "psnr", "aux")
+
+    def __init__(self, every: int) -> None:
+        self.every, self.last = every, {}
+        self.sums: torch.Tensor | None = None
+
+    def _reset(self, t: Trainer) -> None:
+        self.sums, self.since, self.clock = None, t.step, time.monotonic()
+
+    def on_start(self, t: Trainer) -> None:
+        self._reset(t)
+
+    def on_rollback(self, t: Trainer, from_step: int) -> None:
+        self._reset(t)
+
+    def on_pause(self, t: Trainer) -> None:
+        self.clock = time.monotonic()
+
+    def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
+        self.sums = stats.clone() if self.sums is None else self.sums + stats
+        if not t.is_main or (t.step % self.every and t.step != t.end):
+            return
+        now = time.monotonic()
+        means = (self.sums / (t.step - self.since)).tolist()
+        self.last = {"step": t.step, "images_per_s": (t.step - self.since) * t.crops_per_step
+                     / (now - self.clock), **dict(zip(self.KEYS, means, strict=True)),
+                     "lr": t.lr, "elapsed_s": t.elapsed()}
+        t.log(self.last)
+        self._reset(t)
+
+    def result(self) -> dict:
+        return {"log": self.last}
+
+
+class Validation(Callback):
+    """Held-out evaluation every ``every`` steps (0: never in between) and at the end."""
+
+    def __init__(self, crops: torch.Tensor | None, every: int, batch: int,
+                 channels_last: bool) -> None:
+        self.crops, self.every, self.batch, self.channels_last = crops, every, batch, channels_last
+        self.last: dict = {}
+
+    def _run(self, t: Trainer) -> None:
+        if self.crops is None or not len(self.crops):
+            return
+        self.last = {"step": t.step, **evaluate(t.model, self.crops, self.batch,
+                                                self.channels_last)}
+        t.log(self.last)
+
+    def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
+        if t.is_main and self.every and t.step % self.every == 0 and t.step < t.end:
+            self._run(t)
+            t.notify("on_pause")
+
+    def on_end(self, t: Trainer) -> None:
+        if t.is_main and t.finished:
+            self._run(t)
+
+    def result(self) -> dict:
+        return {"val": self.last}
+
+
+class Export(Callback):
+    """Once all steps are done, the final weights as ``final.safetensors``."""
+
+    def on_end(self, t: Trainer) -> None:
+        if t.is_main and t.finished:
+            from . import checkpoint
+
+            path = export.export_weights(checkpoint.load(t.out_dir), t.out_dir / export.FINAL)
+            t.emit(f"[train] done: {path}")
+
+
+def log_line(record: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items())
+
+
+def append_jsonl(path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
