@@ -54,7 +54,7 @@ class TrainConfig:
     min_scale: float = _f(0.5, "smallest random downscale before cropping")
     lr: float = _f(1e-4, "main Adam learning rate at --lr-batch crops per step")
     lr_batch: int = _f(16, "the batch (all GPUs) that --lr is meant for")
-    lr_scaling: str = _f("linear", "lr for other batches: linear | sqrt | none")
+    lr_scaling: str = _f("sqrt", "lr for other batches: sqrt | linear | none")
     aux_lr: float = _f(1e-3, "Adam learning rate of the '.quantiles' parameters")
     lr_drop_at: float = _f(0.9, "fraction of steps after which lr is divided by 10")
     lr_drop_minutes: float | None = _f(None, "also divide lr by 10 after this many minutes of "
