@@ -1,7 +1,8 @@
 """Optional dependencies and the pip extra that installs each.
 
-``pip install lsq`` installs what coding needs; training needs ``lsq[train]``. An import of
-a module that only an extra brings becomes one line naming the pip command.
+``pip install lsq`` installs what coding and the evaluation of Pillow baselines need;
+training needs ``lsq[train]``, plots and BD-rates ``lsq[eval]``. An import of a module that
+only an extra brings becomes one line naming the pip command.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib
 from types import ModuleType
 
 #: Top-level module -> the extra of pyproject.toml that installs it.
-EXTRAS = {"compressai": "train"}
+EXTRAS = {"compressai": "train", "bjontegaard": "eval", "matplotlib": "eval", "scipy": "eval"}
 
 
 class MissingExtraError(ModuleNotFoundError):
