@@ -585,3 +585,16 @@ def test_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
     assert out.stdout.decode().strip() == (
         '1 compressai is not installed; this needs pip install "lsq[train]"'), out.stderr
+
+
+def test_command_needing_a_missing_extra_names_it(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command whose module imports what only lsq[eval] installs: one line, exit 1."""
+    (tmp_path / "plotting_cmd.py").write_text("import matplotlib.pyplot\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    monkeypatch.setitem(cli_main.COMMANDS, "plot", ("plotting_cmd", "plot", "Plot."))
+    result = CliRunner().invoke(cli_main.main, ["plot", "--help"])
+    assert result.exit_code == 1, result.output
+    assert result.output == ('Error: matplotlib is not installed; this needs pip install '
+                             '"lsq[eval]"\n')
