@@ -1,8 +1,11 @@
-"""How many CPU threads the networks use: one per core the process may run on.
+"""How the networks' CPU threads behave: they sleep while they wait, and `--threads` counts them.
 
-torch starts one intra-op thread per core it counts and a pool of inter-op threads that
-coding never uses; on a machine whose cores are shared, more threads than cores only queue.
-OMP_NUM_THREADS, when set, wins over the default, and ``--threads`` over both.
+torch runs one OpenMP thread per core. GNU OpenMP lets a waiting thread spin for a while
+before it sleeps; on a machine whose cores other processes also use, the spinning threads
+take the cores the working one needs, and two threads become several times slower than one.
+Sleeping waiters (OMP_WAIT_POLICY=PASSIVE) keep two threads at least as fast as one there.
+OpenMP reads the policy once, when torch loads it, so :func:`before_torch` must run first; a
+policy set in the environment is kept.
 """
 
 from __future__ import annotations
@@ -10,16 +13,16 @@ from __future__ import annotations
 import os
 
 
-def default_threads() -> int:
-    """OMP_NUM_THREADS if it is a positive integer, else the cores this process may use."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def before_torch() -> None:
+    """Ask OpenMP for sleeping waiters, unless the environment chose; before torch loads."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def set_threads(threads: int | None) -> None:
-    """Give torch ``threads`` intra-op threads (default :func:`default_threads`)."""
+    """``threads`` intra-op threads for torch; None keeps its default (one per core, or
+    OMP_NUM_THREADS)."""
+    if threads is None:
+        return
     import torch
 
-    torch.set_num_threads(default_threads() if threads is None else threads)
+    torch.set_num_threads(threads)

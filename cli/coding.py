@@ -69,13 +69,16 @@ def check_output(path: str, force: bool) -> None:
 
 @functools.cache
 def prepare_torch(device: str, threads: int | None) -> None:
-    """Import torch, refuse a device this machine lacks and set the thread count, once per
-    command and before any model loads."""
+    """Import torch (its OpenMP threads set to sleep while they wait), refuse a device this
+    machine lacks and set the thread count: once per command, before any model loads."""
+    from lsq import threads as torch_threads
+
+    torch_threads.before_torch()
+
     from lsq.image_codec import check_device
-    from lsq.threads import set_threads
 
     check_device(device)
-    set_threads(threads)
+    torch_threads.set_threads(threads)
 
 
 def write_output(path: str, data: bytes, force: bool) -> None:
@@ -222,7 +225,7 @@ def _open_image(path: str, data: bytes):
 def _threads_option(command):
     return click.option(
         "--threads", type=click.IntRange(min=1), default=None,
-        help="CPU threads for the networks; default: one per core, or OMP_NUM_THREADS.",
+        help="CPU threads for the networks; default: one per core (or OMP_NUM_THREADS).",
     )(command)
 
 
@@ -306,8 +309,8 @@ def output_format(path: str, output_quality: int | None = None) -> str:
                 ".jpg...")
     if output_quality is not None and fmt not in LOSSY_FORMATS:
         raise click.ClickException(
-            f"{path}: {fmt} is lossless; --output-quality applies to "
-            f"{', '.join(LOSSY_FORMATS)} outputs only")
+            f"{path}: --output-quality applies to {', '.join(LOSSY_FORMATS)} outputs, "
+            f"not {fmt}")
     return fmt
 
 

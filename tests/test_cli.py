@@ -279,7 +279,7 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--max-pixels", "10"],
          "exceeds the decoding limit"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--output-quality", "80"],
-         "PNG is lossless; --output-quality applies to JPEG"),
+         "--output-quality applies to JPEG, WEBP, AVIF outputs, not PNG"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--reference",
           coded["rgba"]["src"]], "reference is 50x40, the stream's image is 33x17"),
     ]
