@@ -598,3 +598,22 @@ def test_command_needing_a_missing_extra_names_it(tmp_path: Path,
     assert result.exit_code == 1, result.output
     assert result.output == ('Error: matplotlib is not installed; this needs pip install '
                              '"lsq[eval]"\n')
+
+
+def test_threads_sleep_while_waiting(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    """torch is loaded with OMP_WAIT_POLICY=PASSIVE unless the user chose a policy, and
+    --threads sets its thread count."""
+    code = ("import os, sys\nfrom lsq.cli.main import main\ntry:\n"
+            f"    main(['encode', {str(coded['gray']['src'])!r}, '-o', sys.argv[1], '--quiet',"
+            " *sys.argv[2:]])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "import torch\nprint(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())")
+    env = {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    runs = [(env, []), (env, ["--threads", "1"]), ({**env, "OMP_WAIT_POLICY": "ACTIVE"}, [])]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{i}.lsq"), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env)
+             for i, (run_env, args) in enumerate(runs)]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, env=env, timeout=TIMEOUT).stdout.decode().strip()
+    expected = [f"PASSIVE {default}", "PASSIVE 1", f"ACTIVE {default}"]
+    assert [out.decode().strip() for out, _ in outs] == expected, [e for _, e in outs]
