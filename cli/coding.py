@@ -1,7 +1,8 @@
 """Thin click commands around `lsq.image_codec`: encode, decode, info, models.
 
-Heavy modules (torch, the models) are imported inside the commands so that `lsq --help`
-and `lsq info` stay fast. `encode` and `decode` take several inputs in one process (one
+Heavy modules (torch, the models) are imported inside the commands, after every check that
+needs neither (inputs, outputs, the stream's header), so that `lsq --help`, `lsq info` and
+those errors stay fast; a missing CUDA is refused once torch is in, before any model. `encode` and `decode` take several inputs in one process (one
 model load) when -o names a folder. Outputs are written atomically by
 `lsq.fileio.write_atomic`; an existing file is never clobbered without --force and never
 lost when writing fails.
