@@ -4,9 +4,8 @@ Heavy modules (torch, the models) are imported inside the commands, after every 
 needs neither (inputs, outputs, the stream's header), so that `lsq --help`, `lsq info` and
 those errors stay fast; a missing CUDA is refused once torch is in, before any model.
 `encode` and `decode` take several inputs in one process (one model load) when -o names a
-folder. Outputs are written atomically by
-`lsq.fileio.write_atomic`; an existing file is never clobbered without --force and never
-lost when writing fails.
+folder. Outputs are written atomically by `lsq.fileio.write_atomic`; an existing file is
+never clobbered without --force and never lost when writing fails.
 """
 
 from __future__ import annotations
