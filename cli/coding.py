@@ -1,18 +1,21 @@
 """Thin click commands around `lsq.image_codec`: encode, decode, info, models.
 
-Heavy modules (torch, the models) are imported inside the commands so that `lsq --help`
-and `lsq info` stay fast. `encode` and `decode` take several inputs in one process (one
-model load) when -o names a folder. Outputs are written atomically by
-`lsq.fileio.write_atomic`; an existing file is never clobbered without --force and never
-lost when writing fails.
+Heavy modules (torch, the models) are imported inside the commands, after every check that
+needs neither (inputs, outputs, the stream's header), so that `lsq --help`, `lsq info` and
+those errors stay fast; a missing CUDA is refused once torch is in, before any model.
+`encode` and `decode` take several inputs in one process (one model load) when -o names a
+folder. Outputs are written atomically by `lsq.fileio.write_atomic`; an existing file is
+never clobbered without --force and never lost when writing fails.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +49,9 @@ def read_input(path: str) -> bytes:
 
 
 def check_output(path: str, force: bool) -> None:
-    """Fail before doing any work when the output would be refused anyway."""
+    """Fail before doing any work when the output would be refused anyway: it exists (without
+    --force), its folder is missing, or no file can be created there (probed as
+    `write_atomic` would write: a temporary file beside it, removed at once)."""
     if path == STDIO:
         return
     if not force and os.path.lexists(path):
@@ -54,6 +59,27 @@ def check_output(path: str, force: bool) -> None:
     folder = Path(path).parent
     if not folder.is_dir():
         raise click.ClickException(f"{path}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise click.ClickException(
+            f"{path}: cannot write in folder {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+@functools.cache
+def prepare_torch(device: str, threads: int | None) -> None:
+    """Import torch (its OpenMP threads set to sleep while they wait), refuse a device this
+    machine lacks and set the thread count: once per command, before any model loads."""
+    from lsq import threads as torch_threads
+
+    torch_threads.before_torch()
+
+    from lsq.image_codec import check_device
+
+    check_device(device)
+    torch_threads.set_threads(threads)
 
 
 def write_output(path: str, data: bytes, force: bool) -> None:
@@ -197,23 +223,32 @@ def _open_image(path: str, data: bytes):
         raise click.ClickException(f"{path}: cannot read image ({e})") from None
 
 
+def _threads_option(command):
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=None,
+        help="CPU threads for the networks; default: one per core (or OMP_NUM_THREADS).",
+    )(command)
+
+
 @click.command()
 @click.argument("inputs", metavar="IN...", nargs=-1, required=True)
 @click.option("-o", "--output", required=True,
               help="Output .lsq file, - for stdout, or a folder (FOLDER/) for IN.lsq files.")
 @click.option("--model", default=None, help="Model name or family (see `lsq models`).")
-@click.option("--quality", type=click.FloatRange(1, 8), default=None,
+@click.option("-q", "--quality", type=click.FloatRange(1, 8), default=None,
               help="1 (smallest files) to 8 (best quality), fractions allowed; "
                    "default: the model's own (about 0.5 bpp for the default model).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@_threads_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.option("--quiet", is_flag=True, help="Print nothing on success.")
 def encode(
     inputs: tuple[str, ...],
     output: str,
     model: str | None,
     quality: float | None,
     device: str,
+    threads: int | None,
     force: bool,
     quiet: bool,
 ) -> None:
@@ -229,13 +264,12 @@ def encode(
         raise click.ClickException("refusing to write binary data to a terminal")
     registry.pick_quality(registry.resolve(model, quality), quality)  # fail before torch loads
     if len(jobs) > 1:  # once, rather than once per file
-        from lsq.image_codec import check_device
-
-        check_device(device)
+        prepare_torch(device, threads)
 
     def work(src: str, dst: str, on_tile) -> list[str]:
         check_output(dst, force)
         img = _open_image(src, read_input(src))
+        prepare_torch(device, threads)
 
         from lsq.image_codec import ImageCodecError, encode_image_report
 
@@ -256,34 +290,58 @@ def encode(
     run_all(jobs, work, quiet)
 
 
-def output_format(path: str) -> str:
+#: Pillow formats that lose detail on writing and take --output-quality (1-100).
+LOSSY_FORMATS = ("JPEG", "WEBP", "AVIF")
+DEFAULT_OUTPUT_QUALITY = 95
+
+
+def output_format(path: str, output_quality: int | None = None) -> str:
     """Pillow format name for an output path ('-' writes PNG); checked before decoding."""
     from PIL import Image
 
     if path == STDIO:
-        return "PNG"
-    ext = Path(path).suffix.lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE:
+        fmt = "PNG"
+    else:
+        ext = Path(path).suffix.lower()
+        fmt = Image.registered_extensions().get(ext)
+        if fmt is None or fmt not in Image.SAVE:
+            raise click.ClickException(
+                f"{path}: unknown output format {ext or '(no extension)'}; use .png, .webp, "
+                ".jpg...")
+    if output_quality is not None and fmt not in LOSSY_FORMATS:
         raise click.ClickException(
-            f"{path}: unknown output format {ext or '(no extension)'}; use .png, .webp, .jpg..."
-        )
+            f"{path}: --output-quality applies to {', '.join(LOSSY_FORMATS)} outputs, "
+            f"not {fmt}")
     return fmt
 
 
-def _save_as(img, fmt: str) -> tuple[bytes, list[str]]:
-    """Encode the decoded image in `fmt`, dropping alpha when the format cannot hold it."""
+def _save_as(img, fmt: str, output_quality: int | None) -> tuple[bytes, list[str]]:
+    """Encode the decoded image in `fmt`, dropping alpha when the format cannot hold it;
+    the notes say what was lost."""
+    options, notes = {}, []
+    if fmt in LOSSY_FORMATS:
+        options["quality"] = DEFAULT_OUTPUT_QUALITY if output_quality is None else output_quality
+        notes.append(f"{fmt} is lossy: written at quality {options['quality']} "
+                     "(--output-quality 1-100; .png keeps the decoded pixels)")
     buf = io.BytesIO()
     try:
-        img.save(buf, format=fmt)
-        return buf.getvalue(), []
+        img.save(buf, format=fmt, **options)
+        return buf.getvalue(), notes
     except (OSError, ValueError, KeyError):
         if "A" not in img.getbands():
             raise
     flat = img.convert("L" if img.mode == "LA" else "RGB")
     buf = io.BytesIO()
-    flat.save(buf, format=fmt)
-    return buf.getvalue(), [f"alpha dropped: {fmt} cannot store it"]
+    flat.save(buf, format=fmt, **options)
+    return buf.getvalue(), [f"alpha dropped: {fmt} cannot store it", *notes]
+
+
+def check_max_pixels(path: str, header, max_pixels: int) -> None:
+    """Refuse an oversized image from its header alone, before torch or the model load."""
+    if header.width * header.height > max_pixels:
+        raise click.ClickException(
+            f"{path}: image {header.width}x{header.height} exceeds the decoding limit of "
+            f"{max_pixels} pixels (raise it with --max-pixels)")
 
 
 @click.command()
@@ -292,16 +350,20 @@ def _save_as(img, fmt: str) -> tuple[bytes, list[str]]:
               help="Output image (format from extension), - for stdout, or a folder (FOLDER/).")
 @click.option("--format", "ext", default="png", show_default=True,
               help="Extension of the images written into a folder.")
+@click.option("--output-quality", type=click.IntRange(1, 100), default=None,
+              help=f"Quality of a lossy output (.jpg, .webp, .avif), 1-100 "
+                   f"[default: {DEFAULT_OUTPUT_QUALITY}].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@_threads_option
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse larger images (guards against crafted files).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Original image (one input only): also print the PSNR of the decoded one.")
+              help="Original image (one input only): also print the PSNR of the file written.")
 def decode(
-    inputs: tuple[str, ...], output: str, ext: str, device: str, max_pixels: int, force: bool,
-    quiet: bool, reference: str | None,
+    inputs: tuple[str, ...], output: str, ext: str, output_quality: int | None, device: str,
+    threads: int | None, max_pixels: int, force: bool, quiet: bool, reference: str | None,
 ) -> None:
     """Decode .lsq files (- for stdin) to images; - writes PNG to stdout.
 
@@ -315,30 +377,31 @@ def decode(
     if reference is not None and len(jobs) > 1:
         raise click.ClickException("--reference needs a single input")
     if is_folder_output(inputs, output):
-        output_format(jobs[0][1])  # all share one extension: an unknown one fails up front
+        output_format(jobs[0][1], output_quality)  # all share one extension: checked up front
     if len(jobs) > 1:
-        from lsq.image_codec import check_device
-
-        check_device(device)
+        prepare_torch(device, threads)
 
     def work(src: str, dst: str, on_tile) -> list[str]:
         check_output(dst, force)
-        fmt = output_format(dst)
+        fmt = output_format(dst, output_quality)
         data = read_input(src)
         header, _ = unpack(data)  # corrupt, foreign or unknown-model files fail before torch
+        check_max_pixels(src, header, max_pixels)
         registry.verify(header.model, header.weights_hash)
+        ref_rgb = None if reference is None else _reference_rgb(reference, header)
+        prepare_torch(device, threads)
 
         from lsq.image_codec import decode_image
 
         start = time.perf_counter()
         img = decode_image(data, device, max_pixels, on_tile=on_tile)
         elapsed = time.perf_counter() - start
-        encoded, notes = _save_as(img, fmt)
+        encoded, notes = _save_as(img, fmt, output_quality)
         write_output(dst, encoded, force)
         lines = [f"{dst}: {img.width}x{img.height} {img.mode}, {elapsed:.2f} s"]
         lines += [f"note: {note}" for note in notes]
-        if reference is not None:
-            lines.append(f"PSNR {_psnr_against(reference, img):.2f} dB (RGB, 8-bit)")
+        if ref_rgb is not None:
+            lines.append(_psnr_line(ref_rgb, img, dst, encoded, fmt))
         return lines
 
     if is_folder_output(inputs, output):
@@ -346,21 +409,39 @@ def decode(
     run_all(jobs, work, quiet)
 
 
-def _psnr_against(reference: str, img) -> float:
-    """PSNR of a decoded image against the original file, both as 8-bit RGB."""
+def _reference_rgb(reference: str, header):
+    """The original as 8-bit RGB (EXIF orientation applied, as the encoder does), refused
+    before decoding when its size is not the stream's."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(reference) as ref:
+            rgb = np.asarray(ImageOps.exif_transpose(ref).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise click.ClickException(f"{reference}: cannot read image ({e})") from None
+    if rgb.shape[:2] != (header.height, header.width):
+        raise click.ClickException(
+            f"reference is {rgb.shape[1]}x{rgb.shape[0]}, the stream's image is "
+            f"{header.width}x{header.height}")
+    return rgb
+
+
+def _psnr_line(ref_rgb, img, dst: str, encoded: bytes, fmt: str) -> str:
+    """PSNR of the file as written (read back from disk; from its bytes for stdout) and, when
+    the format is lossy, of the decoded pixels before it."""
     import numpy as np
     from PIL import Image
 
     from lsq.eval.metrics import psnr
 
-    with Image.open(reference) as ref:
-        ref_rgb = np.asarray(ref.convert("RGB"))
-    rec = np.asarray(img.convert("RGB"))
-    if ref_rgb.shape != rec.shape:
-        raise click.ClickException(
-            f"reference is {ref_rgb.shape[1]}x{ref_rgb.shape[0]}, decoded image is "
-            f"{rec.shape[1]}x{rec.shape[0]}")
-    return psnr(ref_rgb, rec)
+    source = io.BytesIO(encoded) if dst == STDIO else dst
+    with Image.open(source) as written:
+        written_psnr = psnr(ref_rgb, np.asarray(written.convert("RGB")))
+    line = f"PSNR {written_psnr:.2f} dB (RGB, 8-bit) of {'stdout' if dst == STDIO else dst}"
+    if fmt in LOSSY_FORMATS:
+        line += f"; {psnr(ref_rgb, np.asarray(img.convert('RGB'))):.2f} dB before {fmt}"
+    return line
 
 
 @click.command()

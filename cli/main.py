@@ -16,10 +16,11 @@ import warnings
 import click
 
 from lsq import __version__
+from lsq.extras import hint as missing_extra
 
 INTERNAL_ERROR = 70
 
-# compressai calls torch.jit.script at import; its deprecation notice is noise for users.
+# compressai (training) calls torch.jit.script at import; its deprecation notice is noise.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
 
 
@@ -96,6 +97,8 @@ def to_click_exception(e: Exception) -> click.ClickException | click.exceptions.
     if isinstance(e, OSError):
         _silence_stdout()
         return CodecClickException(describe_os_error(e))
+    if isinstance(e, ModuleNotFoundError) and missing_extra(e):
+        return CodecClickException(missing_extra(e))
     if os.environ.get("LSQ_DEBUG"):
         raise e
     return CodecClickException(f"internal error: {type(e).__name__}: {e}", INTERNAL_ERROR)
@@ -121,6 +124,8 @@ class LsqGroup(click.Group):
             if not isinstance(command, click.Command):
                 raise TypeError(f"{module_name}.{attr} is not a click command")
         except Exception as e:
+            if isinstance(e, ModuleNotFoundError) and missing_extra(e):
+                raise CodecClickException(missing_extra(e)) from None
             if os.environ.get("LSQ_DEBUG"):
                 raise
             raise CodecClickException(
@@ -164,7 +169,7 @@ def _silence_stdout() -> None:
 
 
 @click.group(cls=LsqGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lsq")
+@click.version_option(__version__, "-V", "--version", prog_name="lsq")
 def main() -> None:
     """lsq: learned image codec with Leech-lattice quantization."""
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import torch
 
+from lsq.codec.eager import eager
 from lsq.codec.leech import golay_code
 
 #: Below this sigma the direct theta sum converges in 11 terms, above it the Poisson dual in 4.
@@ -29,7 +30,7 @@ _DIRECT_TERMS = 5
 _DUAL_TERMS = 3
 
 
-@torch.compiler.disable  # built from numpy tables: outside compiled graphs
+@eager  # built from numpy tables: outside compiled graphs
 @lru_cache(maxsize=8)
 def _codewords(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(golay_code(), dtype=dtype, device=device)

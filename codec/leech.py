@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.nn.functional import embedding
 
+from lsq.codec.eager import eager
+
 SHELL_SIZE = 196_560
 """Number of minimal vectors (kissing number of Λ24)."""
 
@@ -229,7 +231,7 @@ class _Tables:
         self.code = t(golay_code(), torch.uint8)
 
 
-@torch.compiler.disable  # built from numpy once, never traced (see compiled_nearest)
+@eager  # built from numpy once, never traced (see compiled_nearest)
 @lru_cache(maxsize=16)
 def _tables(device: torch.device, dtype: torch.dtype) -> _Tables:
     """Cached :class:`_Tables` for a device and float dtype."""
@@ -619,7 +621,7 @@ def shell_index(points: torch.Tensor) -> torch.Tensor:
     return idx.view(t.shape[:-1])
 
 
-@torch.compiler.disable  # built from numpy once, never traced (see compiled_nearest_shell)
+@eager  # built from numpy once, never traced (see compiled_nearest_shell)
 @lru_cache(maxsize=16)
 def _shell_search_tables(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Float and index tables of :func:`_shell_chunk` (search and points) for a device and dtype."""

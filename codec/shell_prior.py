@@ -25,13 +25,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from lsq.codec.eager import eager
 from lsq.codec.entropy_coding import trio
 from lsq.codec.leech import octad_incidence, octads
 
 _LOG2 = math.log(2.0)
 
 
-@torch.compiler.disable  # built from numpy tables: outside compiled graphs
+@eager  # built from numpy tables: outside compiled graphs
 @lru_cache(maxsize=8)
 def _octad_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(octad_incidence(), dtype=dtype, device=device)
@@ -44,7 +45,7 @@ def _log_pair_sum(f: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(f[..., :-1] + after, -1)
 
 
-@torch.compiler.disable
+@eager
 @lru_cache(maxsize=8)
 def _indices(device: torch.device) -> dict[str, torch.Tensor]:
     """Gather indices of the three shapes on a device."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lsq.extras import require
 from lsq.models import latent_coding
 from lsq.models.bottleneck_tables import BottleneckTables
 from lsq.models.latent_codecs import LATENT_CODECS, make_latent_codec
@@ -53,9 +54,8 @@ class LsqHyperprior(nn.Module):
         if for_coding:
             self.entropy_bottleneck: nn.Module = BottleneckTables(N)
         else:
-            from compressai.entropy_models import EntropyBottleneck
-
-            self.entropy_bottleneck = EntropyBottleneck(N)
+            entropy_models = require("compressai.entropy_models")
+            self.entropy_bottleneck = entropy_models.EntropyBottleneck(N)
         self.g_a = nn.Sequential(
             conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
         )
@@ -89,11 +89,10 @@ class LsqHyperprior(nn.Module):
         CompressAI's CompressionModel does."""
         eb = self.entropy_bottleneck
         if not isinstance(eb, BottleneckTables) and "entropy_bottleneck._offset" in state_dict:
-            from compressai.models.utils import update_registered_buffers
-
-            update_registered_buffers(eb, "entropy_bottleneck",
-                                      ["_quantized_cdf", "_offset", "_cdf_length"], state_dict,
-                                      policy="resize")
+            utils = require("compressai.models.utils")
+            utils.update_registered_buffers(eb, "entropy_bottleneck",
+                                            ["_quantized_cdf", "_offset", "_cdf_length"],
+                                            state_dict, policy="resize")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor, quality: torch.Tensor | float | None = None) -> dict:

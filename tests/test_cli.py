@@ -278,6 +278,10 @@ def test_user_errors_are_one_line(env: dict[str, str], coded: dict, tmp_path: Pa
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "nodir" / "a.png"], "does not exist"),
         (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--max-pixels", "10"],
          "exceeds the decoding limit"),
+        (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--output-quality", "80"],
+         "--output-quality applies to JPEG, WEBP, AVIF outputs, not PNG"),
+        (["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png", "--reference",
+          coded["rgba"]["src"]], "reference is 50x40, the stream's image is 33x17"),
     ]
     for args, fragment in cases:
         assert_one_line_error(lsq(env, *args), fragment)
@@ -323,8 +327,9 @@ def test_disk_full_is_one_line(env: dict[str, str], coded: dict, args: list[str]
 
 
 def test_version_help_and_console_script(env: dict[str, str]) -> None:
-    result = lsq(env, "--version")
-    assert result.returncode == 0 and "lsq, version" in result.stdout.decode()
+    for flag in ("--version", "-V"):
+        result = lsq(env, flag)
+        assert result.returncode == 0 and "lsq, version" in result.stdout.decode()
     script = Path(sys.executable).with_name("lsq")  # pip install (editable or not) puts it here
     helped = subprocess.run([script, "--help"], capture_output=True, env=env, timeout=TIMEOUT)
     assert helped.returncode == 0
@@ -433,3 +438,182 @@ def test_a_coder_bug_is_an_internal_error(env: dict[str, str], coded: dict, tmp_
     assert result.exit_code == cli_main.INTERNAL_ERROR, result.output
     assert "internal error: IndexError: index 7 is out of bounds" in result.output
     assert "corrupt" not in result.output and not (tmp_path / "x.png").exists()
+
+
+def in_process(env: dict[str, str], *runs: list[str]) -> tuple[list[int], str, list[str]]:
+    """Run `lsq` commands one after the other in one fresh interpreter: their exit codes,
+    stderr, and which of the heavy modules were imported by the end."""
+    code = ("import json, sys\nfrom lsq.cli.main import main\ncodes = []\n"
+            f"for args in {[list(map(str, r)) for r in runs]!r}:\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n"
+            "        codes.append(e.code or 0)\n"
+            f"print(json.dumps([codes, [m for m in {HEAVY!r} if m in sys.modules]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env,
+                         timeout=TIMEOUT)
+    codes, loaded = json.loads(out.stdout.decode().splitlines()[-1])
+    return codes, out.stderr.decode(), loaded
+
+
+HEAVY = ("torch", "torch._dynamo", "compressai", "lsq.models.train", "lsq.models.hyperprior")
+
+
+def test_coding_imports_neither_compiler_nor_training(env: dict[str, str], coded: dict,
+                                                      tmp_path: Path) -> None:
+    """An encode and a decode load the model and nothing of compiling or training."""
+    codes, err, loaded = in_process(
+        env, ["encode", coded["gray"]["src"], "-o", tmp_path / "a.lsq", "--quiet"],
+        ["decode", tmp_path / "a.lsq", "-o", tmp_path / "a.png", "--quiet"])
+    assert codes == [0, 0], err
+    assert loaded == ["torch", "lsq.models.hyperprior"]
+    assert Image.open(tmp_path / "a.png").size == (33, 17)
+
+
+@pytest.mark.parametrize("name", ["encode", "decode", "info", "models"])
+def test_command_help_loads_no_torch(name: str) -> None:
+    codes, err, loaded = in_process(os.environ.copy(), [name, "--help"])
+    assert codes == [0] and loaded == [], err
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in; root ignores permission bits."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def test_errors_come_before_torch(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    """Missing input, existing or unwritable output and --max-pixels (read from the header)
+    each fail with their one line and exit 1 before torch is even imported."""
+    src, stream = coded["gray"]["src"], coded["gray"]["lsq"]
+    existing = tmp_path / "exists.lsq"
+    existing.write_bytes(b"keep me")
+    locked = unwritable_folder(tmp_path)
+    cases = [
+        (["encode", tmp_path / "missing.png", "-o", tmp_path / "a.lsq"], "no such file"),
+        (["decode", tmp_path / "missing.lsq", "-o", tmp_path / "a.png"], "no such file"),
+        (["encode", src, "-o", existing], "exists; use --force"),
+        (["decode", stream, "-o", existing], "exists; use --force"),
+        (["encode", src, "-o", locked / "a.lsq"], f"cannot write in folder {locked}"),
+        (["decode", stream, "-o", locked / "a.png"], f"cannot write in folder {locked}"),
+        (["decode", stream, "-o", tmp_path / "a.png", "--max-pixels", "560"],
+         "image 33x17 exceeds the decoding limit of 560 pixels"),
+    ]
+    for args, fragment in cases:
+        codes, err, loaded = in_process(env, args)
+        assert codes == [1] and loaded == [], (args, err)
+        assert len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert existing.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.lsq"]
+
+
+def test_missing_cuda_fails_before_the_model_loads(env: dict[str, str], coded: dict,
+                                                   tmp_path: Path) -> None:
+    env = {**env, "CUDA_VISIBLE_DEVICES": ""}
+    for args in (["encode", coded["gray"]["src"], "-o", tmp_path / "a.lsq"],
+                 ["decode", coded["gray"]["lsq"], "-o", tmp_path / "a.png"]):
+        codes, err, loaded = in_process(env, [*args, "--device", "cuda"])
+        assert codes == [1] and "CUDA is not available" in err, err
+        assert loaded == ["torch"]  # torch answers the question, the model never loads
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_q_is_the_quality(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    """`-q 5 IN -o OUT.lsq` encodes IN at quality 5 into the file OUT.lsq, as cwebp would."""
+    out = tmp_path / "q5.lsq"
+    result = lsq(env, "encode", "-q", "5", coded["gray"]["src"], "-o", out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert out.is_file() and "at quality 5," in result.stdout.decode()
+    info = json.loads(lsq(env, "info", "--json", out).stdout)
+    assert info["quality"] == 5.0 and info["model"] == "tiny-scalar-q1"
+    quiet = lsq(env, "decode", "-q", out, "-o", tmp_path / "x.png")
+    assert_one_line_error(quiet, "No such option '-q'")
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "eval" / "sample" / "kodim23.png"
+
+
+def test_reference_measures_the_jpeg_written(tmp_path: Path) -> None:
+    """--reference prints the PSNR of the JPEG file as read back, besides that of the
+    decoded pixels, and says it is lossy. The shipped default model on a photograph's
+    crop, so that the decode has detail a JPEG can lose."""
+    from lsq.eval.metrics import psnr
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("LSQ_WEIGHTS_DIR", None)
+    src, stream, png = tmp_path / "crop.png", tmp_path / "crop.lsq", tmp_path / "crop.out.png"
+    Image.open(SAMPLE).crop((256, 128, 448, 256)).save(src)
+    assert lsq(env, "encode", src, "-o", stream).returncode == 0
+    runs = {q: ["decode", stream, "-o", tmp_path / f"{q}.jpg", "--reference", src,
+                *(["--output-quality", str(q)] if q != 95 else [])] for q in (95, 20)}
+    *results, lossless = lsq_many(env, [*runs.values(), ["decode", stream, "-o", png]])
+    assert lossless.returncode == 0, lossless.stderr.decode()
+    ref = np.asarray(Image.open(src).convert("RGB"))
+    decoded = psnr(ref, np.asarray(Image.open(png).convert("RGB")))
+    figures = []
+    for q, result in zip(runs, results, strict=True):
+        out = result.stdout.decode()
+        assert result.returncode == 0, result.stderr.decode()
+        assert f"note: JPEG is lossy: written at quality {q}" in out
+        written = Image.open(tmp_path / f"{q}.jpg")
+        assert written.format == "JPEG"
+        figures.append(psnr(ref, np.asarray(written.convert("RGB"))))
+        assert (f"PSNR {figures[-1]:.2f} dB (RGB, 8-bit) of {tmp_path / f'{q}.jpg'}; "
+                f"{decoded:.2f} dB before JPEG") in out, out
+    assert decoded > figures[0] > figures[1] + 1
+
+
+def test_decoding_does_not_depend_on_threads(env: dict[str, str], coded: dict,
+                                             tmp_path: Path) -> None:
+    results = lsq_many(env, [["decode", coded["rgba"]["lsq"], "-o", tmp_path / f"{n}.png",
+                              "--threads", str(n)] for n in (1, 2)])
+    assert all(r.returncode == 0 for r in results), [r.stderr.decode() for r in results]
+    one, two = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in (1, 2))
+    assert np.array_equal(one, two)
+
+
+def test_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
+    """Without compressai, a training model fails with the one line naming lsq[train]."""
+    code = ("import sys\nsys.modules['compressai'] = None\n"
+            "from lsq.cli.main import to_click_exception\n"
+            "from lsq.models.hyperprior import build_model\n"
+            "try:\n    build_model('scalar', N=8, M=24)\nexcept ModuleNotFoundError as e:\n"
+            "    error = to_click_exception(e)\n"
+            "    print(error.exit_code, error.format_message())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
+    assert out.stdout.decode().strip() == (
+        '1 compressai is not installed; this needs pip install "lsq[train]"'), out.stderr
+
+
+def test_command_needing_a_missing_extra_names_it(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command whose module imports what only lsq[eval] installs: one line, exit 1."""
+    (tmp_path / "plotting_cmd.py").write_text("import matplotlib.pyplot\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    monkeypatch.setitem(cli_main.COMMANDS, "plot", ("plotting_cmd", "plot", "Plot."))
+    result = CliRunner().invoke(cli_main.main, ["plot", "--help"])
+    assert result.exit_code == 1, result.output
+    assert result.output == ('Error: matplotlib is not installed; this needs pip install '
+                             '"lsq[eval]"\n')
+
+
+def test_threads_sleep_while_waiting(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
+    """torch is loaded with OMP_WAIT_POLICY=PASSIVE unless the user chose a policy, and
+    --threads sets its thread count."""
+    code = ("import os, sys\nfrom lsq.cli.main import main\ntry:\n"
+            f"    main(['encode', {str(coded['gray']['src'])!r}, '-o', sys.argv[1], '--quiet',"
+            " *sys.argv[2:]])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "import torch\nprint(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())")
+    env = {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    runs = [(env, []), (env, ["--threads", "1"]), ({**env, "OMP_WAIT_POLICY": "ACTIVE"}, [])]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{i}.lsq"), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env)
+             for i, (run_env, args) in enumerate(runs)]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, env=env, timeout=TIMEOUT).stdout.decode().strip()
+    expected = [f"PASSIVE {default}", "PASSIVE 1", f"ACTIVE {default}"]
+    assert [out.decode().strip() for out, _ in outs] == expected, [e for _, e in outs]

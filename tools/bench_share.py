@@ -9,6 +9,9 @@ One process per quantizer, each a ``bench_train`` run; after every process has w
 for the same ``--seconds`` of wall time, so the images/s add up to what the models achieve
 side by side. Sums of separate runs overstate it: their timed windows need not overlap. On a
 GPU, start CUDA MPS (``nvidia-cuda-mps-control -d``) first, as training does.
+``--seconds 0`` times a fixed ``--steps`` per process instead, released together as well:
+the same work whatever the machine's speed (the tests use it), but a process that finishes
+first leaves the others to share the device, so the sum is less exact.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def _run(args: argparse.Namespace, barrier: Barrier, results: Queue) -> None:
         results.put((args.quantizer, 0.0, f"{type(e).__name__}: {e}"))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Run the processes and print their images/s; returns them by quantizer (a name that
+    repeats keeps its last process's figure)."""
     parser = argparse.ArgumentParser(prog="python -m lsq.tools.bench_share", description=__doc__)
     parser.add_argument("--quantizers", default="leech,scalar,leech-hybrid,spherical-leech",
                         help="one process per name, separated by commas (a name may repeat)")
@@ -46,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.set_defaults(seconds=30.0)
     args = parser.parse_args(argv)
     names = [q for q in args.quantizers.split(",") if q]
-    if not names or args.seconds <= 0:
-        parser.error("give at least one quantizer and a positive --seconds")
+    if not names or args.seconds < 0 or (args.seconds == 0 and args.steps < 1):
+        parser.error("give at least one quantizer and a positive --seconds (or --seconds 0 "
+                     "and a positive --steps)")
     ctx = mp.get_context("spawn")  # CUDA cannot be shared across fork
     barrier = ctx.Barrier(len(names), timeout=BARRIER_TIMEOUT_S)
     results = ctx.Queue()
@@ -67,9 +73,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if failed:
         sys.exit("bench_share: " + "; ".join(failed))
     for q, rate, _ in sorted(rows):
-        print(f"{q}: {rate:.0f} images/s")
-    print(f"together: {sum(rate for _, rate, _ in rows):.0f} images/s over {args.seconds:g} s "
+        print(f"{q}: {rate:.1f} images/s")
+    window = f"{args.seconds:g} s" if args.seconds > 0 else f"{args.steps} steps each"
+    print(f"together: {sum(rate for _, rate, _ in rows):.1f} images/s over {window} "
           f"({len(names)} processes, batch {args.batch}, crop {args.crop})")
+    return {q: rate for q, rate, _ in rows}
 
 
 if __name__ == "__main__":
