@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lsq.codec.quantizers import BLOCK, PROXIES
-from lsq.models.latent_codecs import CONTEXTS, LATENT_CODECS, make_latent_codec
+from lsq.models.latent_codecs import CONTEXTS, LATENT_CODECS
 from lsq.models.latent_codecs.channel_groups import ChannelGroupsLatentCodec
 from lsq.models.quality import MAX_QUALITY, MIN_QUALITY
 
@@ -163,7 +163,6 @@ class ModelSpec:
             raise SpecError("context", f"unknown {self.context!r}; expected one of "
                                        f"{', '.join(CONTEXTS)}")
         object.__setattr__(self, "codec_options", FrozenOptions(self._checked_options()))
-        self._check_option_values()
 
     def _checked_qualities(self) -> tuple[int, int]:
         q = self.qualities
@@ -195,19 +194,6 @@ class ModelSpec:
             if value != accepted[key].default:
                 options[key] = value
         return options
-
-    def _check_option_values(self) -> None:
-        """The codec's own constructor judges the option values, on the meta device (no
-        memory, no initialisation); options are added one at a time to name the bad one."""
-        options: dict[str, Any] = {}
-        for key, value in self.codec_options.items():
-            options[key] = value
-            try:
-                with torch.device("meta"):
-                    make_latent_codec(self.latent_codec, self.M, self.proxy, self.context,
-                                      **options)
-            except ValueError as e:
-                raise SpecError(f"codec_options.{key}", str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: every field, in declaration order, options sorted, lists for tuples."""
@@ -262,10 +248,17 @@ class ModelSpec:
                 "spec": self.to_dict()}
 
     def build(self, for_coding: bool = False) -> torch.nn.Module:
-        """The model, freshly initialised (``for_coding``: without CompressAI, cannot train)."""
+        """The model, freshly initialised (``for_coding``: without CompressAI, cannot train).
+
+        The codec's own constructor judges the option values here (building on the meta
+        device at construction instead would load torch's compiler stack into every encode).
+        """
         from lsq.models.hyperprior import LsqHyperprior
 
-        return LsqHyperprior(self, for_coding=for_coding)
+        try:
+            return LsqHyperprior(self, for_coding=for_coding)
+        except ValueError as e:
+            raise SpecError("codec_options", str(e)) from None
 
 
 _FULL = {"group_transform": "full"}

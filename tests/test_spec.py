@@ -228,11 +228,6 @@ def test_replace_validates_too() -> None:
     ({"latent_codec": "leech-hybrid", "codec_options": {"above": float("inf")}},
      "codec_options.above", "not of type float"),
     ({"latent_codec": "leech", "context": "channel-groups",
-      "codec_options": {"group_transform": "dense"}},
-     "codec_options.group_transform", "unknown group transform 'dense'"),
-    ({"latent_codec": "leech", "context": "channel-groups",
-      "codec_options": {"groups": [24, 48]}}, "codec_options.groups", "adding up to M = 192"),
-    ({"latent_codec": "leech", "context": "channel-groups",
       "codec_options": {"groups": [96, "96"]}}, "codec_options.groups[1]", "not of type int"),
     ({"latent_codec": "leech", "context": "channel-groups", "codec_options": {"groups": 192}},
      "codec_options.groups", "list of int"),
@@ -243,6 +238,17 @@ def test_invalid_spec_names_the_field(fields: dict, field: str, words: str) -> N
     assert err.value.field == field and "\n" not in str(err.value)
     again = pickle.loads(pickle.dumps(err.value))  # crosses process boundaries intact
     assert (again.field, str(again)) == (field, str(err.value))
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"group_transform": "dense"}, "unknown group transform 'dense'"),
+    ({"groups": [24, 48]}, "adding up to M = 192"),
+])
+def test_option_values_are_judged_by_the_codec_when_built(options: dict, words: str) -> None:
+    spec = ModelSpec("leech", context="channel-groups", codec_options=options)
+    with pytest.raises(SpecError, match=f"^model spec codec_options: .*{words}") as err:
+        spec.build()
+    assert err.value.field == "codec_options" and "\n" not in str(err.value)
 
 
 def test_from_dict_and_weights_config_refuse_what_is_not_a_spec() -> None:
