@@ -58,7 +58,7 @@ def test_shipped_model_codes_the_sample_to_the_same_bytes(name: str, quality: in
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(registry.WEIGHTS_ENV, str(SHIPPED))  # the clone's, not the wheel's
     out = tmp_path / "out.lsq"
-    args = ["encode", str(SAMPLE), "-o", str(out), "--model", name, "-q"]
+    args = ["encode", str(SAMPLE), "-o", str(out), "--model", name, "--quiet"]
     result = CliRunner().invoke(cli_main.main, args + ([] if quality is None else
                                                        ["--quality", str(quality)]))
     assert result.exit_code == 0, result.output

@@ -429,10 +429,10 @@ def test_command_line_parsing_and_presets_with_overrides():
 def test_lr_scales_with_the_batch_and_warms_up(images, tmp_path):
     assert cb.batch_lr_factor(128, 16, "linear") == 8.0
     assert cb.batch_lr_factor(64, 16, "sqrt") == 2.0 and cb.batch_lr_factor(64, 16, "none") == 1
-    train(tiny_config(tmp_path, steps=4, lr=1e-3, lr_batch=2, warmup_steps=2, log_every=1,
+    train(tiny_config(tmp_path, steps=4, lr=1e-3, lr_batch=1, warmup_steps=2, log_every=1,
                       lr_drop_at=1.0), images)
     lrs = [r["lr"] for r in read_log(tmp_path) if "lr" in r]
-    assert lrs == pytest.approx([1e-3, 2e-3, 2e-3, 2e-3])  # batch 4 = 2 x 2; half, then all
+    assert lrs == pytest.approx([1e-3, 2e-3, 2e-3, 2e-3])  # batch 4 = sqrt(4) x 1; half, all
 
 
 def test_a_stop_time_in_the_past_stops_after_one_step_with_a_checkpoint(images, tmp_path):
@@ -464,7 +464,8 @@ def test_click_commands_pack_and_train_project_model(image_dirs, tmp_path):
         meta = json.loads(f.metadata()["config"])
     assert (meta["name"], meta["family"], meta["qualities"]) == ("tiny", "scalar", [3, 3])
     assert meta["steps"] == 2 and meta["data"].startswith(f"shards {shards}")
-    assert "13 train, 4 held out (1 in 3 of alpha)" in meta["data"]
+    images = sum(1 for d in image_dirs for p in d.rglob("*") if p.is_file())
+    assert f"{images - 4} train, 4 held out (1 in 3 of alpha)" in meta["data"]
     res = runner.invoke(lsq_main, ["train", "--help"])
     assert res.exit_code == 0 and "--preset" in res.output and "--init-transforms" in res.output
     res = runner.invoke(lsq_main, ["train", "--preset", "nope", "--images", str(image_dirs[0]),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lsq.models.spec import ModelSpec
+from lsq.models.spec import ModelSpec, SpecError
 
 from . import callbacks as cb
 from . import checkpoint, distributed, throughput
@@ -224,14 +224,17 @@ def train(cfg: TrainConfig, data: Data | None = None,
     t_start = time.monotonic()
     spec = check(cfg, data_given=data is not None)
     rank, world, device = distributed.setup(cfg.device)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    try:  # before the data: the codec judges its option values only when it is built
+        model = spec.build().to(device)
+    except SpecError as e:
+        raise ConfigError(str(e)) from None
     try:
         train_imgs, val_imgs, desc = data if data is not None else load_data(
             cfg.data, cfg.images, cfg.heldout_folders, cfg.heldout_every)
         sampler = CropSampler(train_imgs, cfg.crop, device, cfg.min_scale, (cfg.seed, rank))
     except (OSError, ValueError) as e:  # a missing folder, a damaged shard, too small images
         raise ConfigError(f"training data: {e}") from None
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = spec.build().to(device)
     run = Run(cfg, spec, model, Optimizers(model, cfg.lr, cfg.aux_lr), sampler, device, rank,
               world, desc, cfg.default_quality)
     checkpoint.seed_everything(cfg.seed, rank, 0)
