@@ -44,6 +44,7 @@ class LsqHyperprior(nn.Module):
         super().__init__()
         self.latent_codec = make_latent_codec(quantizer, M, proxy, **codec_options)
         self.quantizer, self.N, self.M = quantizer, N, M
+        self._synthesis_weights: tuple[tuple | None, dict] = (None, {})
         self.gains = QualityGains(M, *qualities)
         if for_coding:
             self.entropy_bottleneck: nn.Module = BottleneckTables(N)
@@ -106,9 +107,14 @@ class LsqHyperprior(nn.Module):
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: float) -> dict:
         """CompressAI's contract: {"strings": [y_strings, z_strings], "shape": z size}."""
+        return self.compress_latent(self.g_a(x), quality)
+
+    @torch.no_grad()
+    def compress_latent(self, y: torch.Tensor, quality: float) -> dict:
+        """:meth:`compress` from the analysis output y = g_a(x) (B, M, h, w), which a tiled
+        encoder computes with a border of neighbouring pixels and crops."""
         q = self.gains.check(quality)
-        gain = self.gains.coding(q).to(x.device, torch.float32)
-        y = self.g_a(x) * gain
+        y = y * self.gains.coding(q).to(y.device, torch.float32)
         z = self.h_a(y)
         y_strings, z_strings = [], []
         for yi, zi in zip(y, z, strict=True):
@@ -123,12 +129,33 @@ class LsqHyperprior(nn.Module):
                    quality: float) -> dict:
         """Inverse of :meth:`compress`; the hyper path is bit-exact on any device."""
         y_hat = torch.stack(self.decompress_latents(strings, shape, quality))
+        return {"x_hat": self.synthesize(y_hat).clamp(0, 1).to(torch.float32)}
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor, band: int | None = None) -> torch.Tensor:
+        """g_s in float64 on the model's device: rounding to 8 bits then gives the same pixels
+        whatever the thread count or device (float32 flips a few values between 1 and 2 CPU
+        threads).
+
+        With ``band``, each layer runs on bands of ``band`` input rows (a transposed
+        convolution's band with the one row either side its 5-tap kernel reaches, GDN in
+        place), which gives the same values in a fraction of the memory: the float64
+        transposed convolution unfolds 25 values per input value and channel."""
         device = next(self.parameters()).device
-        weights = {k: v.to(torch.float64) for k, v in self.g_s.state_dict().items()}
-        # float64 synthesis: rounding to 8 bits then gives the same pixels whatever the
-        # thread count or device (float32 flips a few values between 1 and 2 CPU threads)
-        x_hat = torch.func.functional_call(self.g_s, weights, (y_hat.to(device),))
-        return {"x_hat": x_hat.clamp(0, 1).to(torch.float32)}
+        # float64 copies of the weights, made again only when a tensor moved or changed
+        key = (device, *((t.data_ptr(), t._version) for t in self.g_s.state_dict().values()))
+        if self._synthesis_weights[0] != key:
+            self._synthesis_weights = (key, {k: v.to(torch.float64)
+                                             for k, v in self.g_s.state_dict().items()})
+        weights = self._synthesis_weights[1]
+        x = y_hat.to(device, torch.float64)
+        if band is None:
+            return torch.func.functional_call(self.g_s, weights, (x,))
+        for i, layer in enumerate(self.g_s):
+            prefix = f"{i}."
+            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            x = _banded(layer, own, x, band)
+        return x
 
     @torch.no_grad()
     def decompress_latents(self, strings: list[list[bytes]], shape: tuple[int, int],
@@ -144,6 +171,29 @@ class LsqHyperprior(nn.Module):
             params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
             y_hats.append(self.latent_codec.decompress(y_string, params) * inv_gain)
         return y_hats
+
+
+def _banded(layer: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor,
+            band: int) -> torch.Tensor:
+    """layer(x) under ``weights``, computed on bands of ``band`` rows of x (see synthesize)."""
+    def run(part: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, weights, (part,))
+
+    rows = x.shape[-2]
+    if not isinstance(layer, nn.ConvTranspose2d):  # GDN and activations act per position
+        for a in range(0, rows, band):
+            x[..., a : a + band, :] = run(x[..., a : a + band, :])
+        return x
+    if (layer.kernel_size, layer.stride, layer.padding, layer.output_padding) != (
+            (5, 5), (2, 2), (2, 2), (1, 1)):
+        raise ValueError("banded synthesis handles 5x5 transposed convolutions of stride 2")
+    out = x.new_empty(x.shape[0], layer.out_channels, 2 * rows, 2 * x.shape[-1])
+    for a in range(0, rows, band):
+        end = min(a + band, rows)
+        lo, hi = max(a - 1, 0), min(end + 1, rows)  # output rows 2a..2end-1 need inputs a-1..end
+        part = run(x[..., lo:hi, :])
+        out[..., 2 * a : 2 * end, :] = part[..., 2 * (a - lo) : 2 * (end - lo), :]
+    return out
 
 
 def build_model(quantizer: str, N: int = 128, M: int = 192,
