@@ -21,10 +21,10 @@ version 3): a tile's latent y is the analysis of the tile plus HALO latents (32 
 its neighbours, cropped, and the decoder synthesizes a tile from its latent plus HALO
 latents of its neighbours' and crops: HALO covers the reach of g_a and g_s (1.875
 latents), so the pixels are those of the whole image coded at once, up to float64
-rounding. Synthesis runs in bands of rows (``LsqHyperprior.synthesize``) and the decoder
-holds the latents of two tile rows, so memory grows with the tile size and the image
-width, not with its height. Version 2 streams synthesized each tile on its own; they still
-decode exactly as they did.
+rounding. Analysis and synthesis run in bands of rows (``LsqHyperprior.analyze`` and
+``synthesize``) and the decoder holds the latents of two tile rows, so memory grows with
+the tile width and the image width, not with the image height. Version 2 streams
+synthesized each tile on its own; they still decode exactly as they did.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from lsq.models import registry
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
 Y_STRIDE = 16  # pixels per position of the latent y
 HALO = 2  # latents of neighbouring tiles that a tile's analysis and synthesis see
-SYNTHESIS_BAND = 16  # rows per band of each synthesis layer (fixed: part of the format)
+SYNTHESIS_BAND = 64  # pixel rows synthesized at a time (fixed: part of the format)
+ANALYSIS_BAND = 16  # latent rows analysed at a time (bounds the encoder's memory)
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
 
@@ -293,7 +294,7 @@ def _analysis(net: torch.nn.Module, rgb: np.ndarray, x0: int, y0: int, tw: int, 
     bottom, right = min(y0 + _padded(th) + halo, height), min(x0 + _padded(tw) + halo, width)
     block = _edge_crop(rgb, top, bottom, left, right)
     x = torch.from_numpy(block).to(dev).permute(2, 0, 1)[None].float().div_(255)
-    y = net.g_a(x)
+    y = net.analyze(x, band=ANALYSIS_BAND)
     r, c = (y0 - top) // Y_STRIDE, (x0 - left) // Y_STRIDE
     return y[..., r : r + _padded(th) // Y_STRIDE, c : c + _padded(tw) // Y_STRIDE]
 

@@ -110,6 +110,15 @@ class LsqHyperprior(nn.Module):
         return self.compress_latent(self.g_a(x), quality)
 
     @torch.no_grad()
+    def analyze(self, x: torch.Tensor, band: int) -> torch.Tensor:
+        """g_a(x), ``band`` rows of y at a time, each layer computing only the rows the next
+        one reads: the same values in a fraction of the memory of a large tile."""
+        layers: Layers = [(layer, None) for layer in self.g_a]
+        rows = -(-x.shape[-2] // 16)
+        return torch.cat([_output_rows(layers, x, lo, min(lo + band, rows))
+                          for lo in range(0, rows, band)], dim=-2)
+
+    @torch.no_grad()
     def compress_latent(self, y: torch.Tensor, quality: float) -> dict:
         """:meth:`compress` from the analysis output y = g_a(x) (B, M, h, w), which a tiled
         encoder computes with a border of neighbouring pixels and crops."""
@@ -137,9 +146,9 @@ class LsqHyperprior(nn.Module):
         whatever the thread count or device (float32 flips a few values between 1 and 2 CPU
         threads).
 
-        With ``band``, each layer runs on bands of ``band`` input rows (a transposed
-        convolution's band with the one row either side its 5-tap kernel reaches, GDN in
-        place), which gives the same values in a fraction of the memory: the float64
+        With ``band``, the output is made ``band`` rows at a time, each layer computing only
+        the rows the next one reads (a transposed convolution's 5 taps reach one input row
+        either side): the same values in a fraction of the memory, since the float64
         transposed convolution unfolds 25 values per input value and channel."""
         device = next(self.parameters()).device
         # float64 copies of the weights, made again only when a tensor moved or changed
@@ -151,11 +160,14 @@ class LsqHyperprior(nn.Module):
         x = y_hat.to(device, torch.float64)
         if band is None:
             return torch.func.functional_call(self.g_s, weights, (x,))
+        layers: Layers = []
         for i, layer in enumerate(self.g_s):
             prefix = f"{i}."
             own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            x = _banded(layer, own, x, band)
-        return x
+            layers.append((layer, own))
+        rows = x.shape[-2] * 2 ** sum(isinstance(m, nn.ConvTranspose2d) for m in self.g_s)
+        return torch.cat([_output_rows(layers, x, lo, min(lo + band, rows))
+                          for lo in range(0, rows, band)], dim=-2)
 
     @torch.no_grad()
     def decompress_latents(self, strings: list[list[bytes]], shape: tuple[int, int],
@@ -173,27 +185,41 @@ class LsqHyperprior(nn.Module):
         return y_hats
 
 
-def _banded(layer: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor,
-            band: int) -> torch.Tensor:
-    """layer(x) under ``weights``, computed on bands of ``band`` rows of x (see synthesize)."""
-    def run(part: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(layer, weights, (part,))
+Layers = list[tuple[nn.Module, dict[str, torch.Tensor] | None]]
 
-    rows = x.shape[-2]
-    if not isinstance(layer, nn.ConvTranspose2d):  # GDN and activations act per position
-        for a in range(0, rows, band):
-            x[..., a : a + band, :] = run(x[..., a : a + band, :])
-        return x
-    if (layer.kernel_size, layer.stride, layer.padding, layer.output_padding) != (
-            (5, 5), (2, 2), (2, 2), (1, 1)):
-        raise ValueError("banded synthesis handles 5x5 transposed convolutions of stride 2")
-    out = x.new_empty(x.shape[0], layer.out_channels, 2 * rows, 2 * x.shape[-1])
-    for a in range(0, rows, band):
-        end = min(a + band, rows)
-        lo, hi = max(a - 1, 0), min(end + 1, rows)  # output rows 2a..2end-1 need inputs a-1..end
-        part = run(x[..., lo:hi, :])
-        out[..., 2 * a : 2 * end, :] = part[..., 2 * (a - lo) : 2 * (end - lo), :]
-    return out
+
+def _output_rows(layers: Layers, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo..hi-1 of the output of ``layers`` applied to x, computing from each earlier
+    layer only the rows that these read. Each layer is (module, weights to call it with, or
+    None for its own); its convolutions must be CompressAI's 5x5 ones of stride 2."""
+    if not layers:
+        return x[..., lo:hi, :]
+    layer, weights = layers[-1]
+
+    def run(part: torch.Tensor) -> torch.Tensor:
+        return layer(part) if weights is None else torch.func.functional_call(
+            layer, weights, (part,))
+
+    if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):  # GDN, activations: per position
+        return run(_output_rows(layers[:-1], x, lo, hi))
+    if (layer.kernel_size, layer.stride, layer.padding) != ((5, 5), (2, 2), (2, 2)):
+        raise ValueError("banded transforms handle 5x5 convolutions of stride 2")
+    rows = x.shape[-2]  # of this layer's input
+    for m, _ in layers[:-1]:
+        if isinstance(m, nn.ConvTranspose2d):
+            rows *= 2
+        elif isinstance(m, nn.Conv2d):
+            rows = (rows - 1) // 2 + 1
+    if isinstance(layer, nn.ConvTranspose2d):
+        # output row o reads input rows ceil(o / 2) - 1 .. floor(o / 2) + 1
+        first, last = max(-(-lo // 2) - 1, 0), min((hi - 1) // 2 + 2, rows)
+        start = 2 * first  # the output row of the part's first row
+    else:
+        # output row o reads input rows 2o - 2 .. 2o + 2 (first is even)
+        first, last = max(2 * lo - 2, 0), min(2 * hi + 1, rows)
+        start = first // 2
+    out = run(_output_rows(layers[:-1], x, first, last))
+    return out[..., lo - start : hi - start, :]
 
 
 def build_model(quantizer: str, N: int = 128, M: int = 192,

@@ -299,8 +299,8 @@ def find_weights(name: str, stream_hash: bytes, version: int | None = None) -> P
         hint = "; no known release has these weights"
     else:
         label = version if version else stream_hash.hex()[:8]
-        hint = (f"; get it from {entry['where']} and save it as "
-                f"{weights_dir() / f'{name}{VERSION_MARK}{label}.safetensors'} "
+        file = f"{name}{VERSION_MARK}{label}.safetensors" if files else f"{name}.safetensors"
+        hint = (f"; get it from {entry['where']} and save it as {weights_dir() / file} "
                 f"(or point {WEIGHTS_ENV} at a folder holding it)")
     raise ModelMismatchError(f"stream needs {needed}{have}{hint}")
 
@@ -308,6 +308,15 @@ def find_weights(name: str, stream_hash: bytes, version: int | None = None) -> P
 def verify(name: str, stream_hash: bytes, version: int | None = None) -> None:
     """Refuse, before any model loads, a stream whose exact weights are not installed."""
     find_weights(name, stream_hash, version)
+
+
+def not_installed() -> list[tuple[str, dict]]:
+    """(name, newest known version) of the models the version tables know but no installed
+    file provides (models kept in the repository, not in the wheel)."""
+    names = {n for folder in dict.fromkeys([PACKAGED_WEIGHTS, weights_dir()])
+             for n in _version_table(folder)}
+    have = {n for n, _, _ in installed()}
+    return [(n, versions(n)[0]) for n in sorted(names - have)]
 
 
 def config_of(path: Path) -> dict:

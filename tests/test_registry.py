@@ -170,3 +170,18 @@ def test_weights_that_do_not_fit_their_config(folder: Path) -> None:
     fake_model(folder, "hexagonal", "hexagonal", [1, 8])
     with pytest.raises(registry.RegistryError, match="unknown quantizer 'hexagonal'"):
         registry.load("hexagonal")
+
+
+def test_the_wheel_ships_the_default_model() -> None:
+    """pyproject's package data names registry.json, the default model and files that exist;
+    every weights file of the repository is in the version table, shipped or not."""
+    tomllib = pytest.importorskip("tomllib")
+    root = REPO_WEIGHTS.parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    shipped = data["tool"]["setuptools"]["package-data"]["lsq.models"]
+    default = json.loads((REPO_WEIGHTS / "registry.json").read_text())["default"]
+    assert "weights/registry.json" in shipped
+    assert f"weights/{default}.safetensors" in shipped
+    assert all((root / "models" / f).is_file() for f in shipped)
+    table = json.loads((REPO_WEIGHTS / "registry.json").read_text())["versions"]
+    assert sorted(table) == sorted(p.stem for p in REPO_WEIGHTS.glob("*.safetensors"))
