@@ -404,7 +404,11 @@ def info(input_path: str, as_json: bool) -> None:
 
 @click.command()
 def models() -> None:
-    """List the installed models and their versions; * marks the default."""
+    """List the shipped models; * marks the default.
+
+    Each installed weights file is shown with its version and hash; models that the version
+    table knows but that are not installed are listed with where to get them.
+    """
     from lsq.models import registry
 
     configs = registry.list_models()

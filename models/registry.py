@@ -291,7 +291,8 @@ def find_weights(name: str, stream_hash: bytes, version: int | None = None) -> P
     needed = f"model {name!r} " + (f"version {version}" if version else "in an unreleased version")
     needed += f" (weights {stream_hash.hex()})"
     if files:
-        have = "; installed: " + ", ".join(describe_version(n, d) for n, _, d in files)
+        have = (", but the installed weights differ: "
+                + ", ".join(describe_version(n, d) for n, _, d in files))
     else:
         shipped = ", ".join(c["name"] for c in list_models()) or "none"
         have = f", which is not installed (installed models: {shipped})"

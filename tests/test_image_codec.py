@@ -190,7 +190,7 @@ def test_crafted_streams_with_valid_crc_are_refused() -> None:
     short_alpha = zlib.compress(b"\x00" * 10)
     with pytest.raises(BitstreamError, match="alpha"):
         image_codec.decode_image(repacked(data, sections=[*sections[:-1], short_alpha]))
-    with pytest.raises(registry.ModelMismatchError, match="installed: tiny-scalar-q1"):
+    with pytest.raises(registry.ModelMismatchError, match="weights differ: tiny-scalar-q1"):
         image_codec.decode_image(repacked(data, weights_hash=b"\x00" * 8))
     with pytest.raises(registry.ModelMismatchError, match="not installed"):
         image_codec.decode_image(repacked(data, model="elsewhere"))
@@ -344,7 +344,7 @@ def test_stream_of_an_older_model_version(tmp_path: Path, monkeypatch: pytest.Mo
         image_codec.decode_image(data)
     message = str(err.value)
     assert f"needs model 'tiny' version 1 (weights {digests[0]})" in message
-    assert f"installed: tiny version 2 (weights {digests[1]})" in message
+    assert f"installed weights differ: tiny version 2 (weights {digests[1]})" in message
     assert "get it from release R1" in message and "tiny@1.safetensors" in message
 
     shutil.copy(tmp_path / "v1.safetensors", folder / "tiny@1.safetensors")

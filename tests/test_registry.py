@@ -79,9 +79,10 @@ def test_hash_is_sha256_prefix_and_verify(folder: Path) -> None:
     assert registry.weights_hash("scalar-lo") == expected
     registry.verify("scalar-lo", expected)
     assert registry.find_weights("scalar-lo", expected) == path
-    installed = f"installed: scalar-lo an unreleased version \\(weights {expected.hex()}"
+    installed = ("the installed weights differ: "
+                 f"scalar-lo an unreleased version \\(weights {expected.hex()}")
     with pytest.raises(registry.ModelMismatchError, match=r"needs model 'scalar-lo' in an "
-                       r"unreleased version \(weights 0{16}\); " + installed):
+                       r"unreleased version \(weights 0{16}\), but " + installed):
         registry.verify("scalar-lo", bytes(8))
     with pytest.raises(registry.ModelMismatchError, match="not installed"):
         registry.verify("../../etc/passwd", expected)
@@ -102,7 +103,7 @@ def test_versions_name_the_release_that_has_them(folder: Path) -> None:
         registry.verify("scalar-lo", bytes.fromhex("ab" * 8))
     message = str(err.value)
     assert "needs model 'scalar-lo' version 1 (weights abababababababab)" in message
-    assert f"installed: scalar-lo version 2 (weights {digest.hex()})" in message
+    assert f"differ: scalar-lo version 2 (weights {digest.hex()})" in message
     assert "get it from release A" in message and "scalar-lo@1.safetensors" in message
     fake_model(folder, "tmp", "scalar", [1, 4])  # a second installed version, under a label
     (folder / "tmp.safetensors").replace(folder / "scalar-lo@old.safetensors")
