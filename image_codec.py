@@ -14,10 +14,17 @@ recorded in the header flags (and in `EncodeReport.notes`):
 - Animated images: only the first frame is coded. EXIF orientation is applied; ICC
   profile, EXIF and XMP metadata are not stored (the report says so).
 
-Size: any image from 1x1 to 65535 per side. The image is cut into tiles of `tile` pixels
-(default 1024, so Kodak-sized images are one tile); each tile is padded to a multiple of
-64 by replicating its edge, coded independently (its own y and z sections) and cropped on
-decode, so peak memory depends on the tile size, not on the image size.
+Size: any image from 1x1 to 65535 per side. The image, padded to a multiple of 64 by
+replicating its edge, is cut into tiles of `tile` pixels (default 1024, so Kodak-sized
+images are one tile), each coded with its own y and z sections. Without seams (format
+version 3): a tile's latent y is the analysis of the tile plus HALO latents (32 pixels) of
+its neighbours, cropped, and the decoder synthesizes a tile from its latent plus HALO
+latents of its neighbours' and crops: HALO covers the reach of g_a and g_s (1.875
+latents), so the pixels are those of the whole image coded at once, up to float64
+rounding. Analysis and synthesis run in bands of rows (``LsqHyperprior.analyze`` and
+``synthesize``) and the decoder holds the latents of two tile rows, so memory grows with
+the tile width and the image width, not with the image height. Version 2 streams
+synthesized each tile on its own; they still decode exactly as they did.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ from lsq.codec.entropy_coding import CorruptStreamError
 from lsq.models import registry
 
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
+Y_STRIDE = 16  # pixels per position of the latent y
+HALO = 2  # latents of neighbouring tiles that a tile's analysis and synthesis see
+SYNTHESIS_BAND = 64  # pixel rows synthesized at a time (fixed: part of the format)
+ANALYSIS_BAND = 16  # latent rows analysed at a time (bounds the encoder's memory)
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
 
@@ -224,14 +235,12 @@ def encode_image_report(
     name = config["name"]
     net = registry.load(name, str(dev))
     q = net.gains.check(registry.pick_quality(config, quality))
+    digest = registry.weights_hash(name)
     sections: list[bytes] = []
     shapes: list[tuple[int, ...]] = []
     with torch.inference_mode():
         for _, x0, y0, tw, th in _tiles(width, height, tile):
-            block = rgb[y0 : y0 + th, x0 : x0 + tw]
-            block = np.pad(block, ((0, _padded(th) - th), (0, _padded(tw) - tw), (0, 0)), "edge")
-            x = torch.from_numpy(block).to(dev).permute(2, 0, 1)[None].float().div_(255)
-            out = net.compress(x, q)
+            out = net.compress_latent(_analysis(net, rgb, x0, y0, tw, th, dev), q)
             y_strings, z_strings = out["strings"]
             shape = tuple(int(d) for d in out["shape"])
             if shape != _latent_shape(tw, th) or len(y_strings) != 1 or len(z_strings) != 1:
@@ -244,7 +253,7 @@ def encode_image_report(
         sections.append(zlib.compress(alpha.tobytes(), 9))
     header = Header(
         model=name,
-        weights_hash=registry.weights_hash(name),
+        weights_hash=digest,
         width=width,
         height=height,
         mode=mode,
@@ -252,6 +261,7 @@ def encode_image_report(
         quality=q,
         tile=tile,
         latent_shapes=tuple(shapes),
+        model_version=registry.version_of(name, digest),
     )
     data = pack(header, sections)
     report = EncodeReport(
@@ -265,6 +275,28 @@ def encode_image_report(
         notes=notes,
     )
     return data, report
+
+
+def _edge_crop(rgb: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """rgb[y0:y1, x0:x1] of the image extended by replicating its edge."""
+    rows = np.clip(np.arange(y0, y1), 0, rgb.shape[0] - 1)
+    cols = np.clip(np.arange(x0, x1), 0, rgb.shape[1] - 1)
+    return rgb[rows[:, None], cols[None, :]]
+
+
+def _analysis(net: torch.nn.Module, rgb: np.ndarray, x0: int, y0: int, tw: int, th: int,
+              dev: torch.device) -> torch.Tensor:
+    """g_a of one tile (1, M, h, w): run on the tile plus HALO latents of its neighbours in
+    the edge-padded image, then cropped, so that the tile's latent is the whole image's."""
+    height, width = (_padded(n) for n in rgb.shape[:2])
+    halo = HALO * Y_STRIDE
+    top, left = max(y0 - halo, 0), max(x0 - halo, 0)
+    bottom, right = min(y0 + _padded(th) + halo, height), min(x0 + _padded(tw) + halo, width)
+    block = _edge_crop(rgb, top, bottom, left, right)
+    x = torch.from_numpy(block).to(dev).permute(2, 0, 1)[None].float().div_(255)
+    y = net.analyze(x, band=ANALYSIS_BAND)
+    r, c = (y0 - top) // Y_STRIDE, (x0 - left) // Y_STRIDE
+    return y[..., r : r + _padded(th) // Y_STRIDE, c : c + _padded(tw) // Y_STRIDE]
 
 
 def encode_image(
@@ -288,6 +320,77 @@ def _decode_alpha(section: bytes, width: int, height: int) -> np.ndarray:
     if len(raw) != size or not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
         raise BitstreamError("corrupt alpha section (wrong size)")
     return np.frombuffer(raw, np.uint8).reshape(height, width)
+
+
+def _tile_latent(net: torch.nn.Module, header: Header, sections: list[bytes],
+                 i: int) -> torch.Tensor:
+    """The decoded latent y_hat (M, h, w) of tile i, float64 on the CPU."""
+    shape = header.latent_shapes[i]
+    strings = [[sections[2 * i]], [sections[2 * i + 1]]]
+    try:
+        y_hat = net.decompress_latents(strings, shape, header.quality)[0]
+    # Only the decoder's own verdict on the data means a corrupt stream (the integer
+    # hyper-decoder refuses out-of-range latents too); any other exception is a bug
+    # of lsq and must surface as one.
+    except CorruptStreamError as e:
+        raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
+    expected = tuple(LATENT_STRIDE // Y_STRIDE * d for d in shape)
+    if tuple(y_hat.shape[1:]) != expected:
+        raise BitstreamError(f"corrupt: tile {i} decodes to latent shape {tuple(y_hat.shape)}")
+    return y_hat
+
+
+def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
+                  rgb: np.ndarray, on_tile: TileCallback | None) -> None:
+    """Version 3: each tile synthesized from its latent and HALO latents of its neighbours'
+    (decoded a tile row ahead), then cropped: no seams."""
+    cols, rows = header.grid
+    step = header.tile // Y_STRIDE
+    height, width = (_padded(n) // Y_STRIDE for n in (header.height, header.width))
+    latents: dict[tuple[int, int], torch.Tensor] = {}
+    for r in range(rows):
+        for rr in (r, r + 1):
+            for c in range(cols):
+                if rr < rows and (rr, c) not in latents:
+                    latents[rr, c] = _tile_latent(net, header, sections, rr * cols + c)
+        for c in range(cols):
+            i, x0, y0 = r * cols + c, c * header.tile, r * header.tile
+            tw, th = min(header.tile, header.width - x0), min(header.tile, header.height - y0)
+            top, left = max(r * step - HALO, 0), max(c * step - HALO, 0)
+            bottom = min(r * step + latents[r, c].shape[1] + HALO, height)
+            right = min(c * step + latents[r, c].shape[2] + HALO, width)
+            y_hat = torch.empty((net.M, bottom - top, right - left), dtype=torch.float64)
+            for (rr, cc), lat in latents.items():
+                a, b = max(top, rr * step), min(bottom, rr * step + lat.shape[1])
+                e, f = max(left, cc * step), min(right, cc * step + lat.shape[2])
+                if a < b and e < f:
+                    y_hat[:, a - top : b - top, e - left : f - left] = (
+                        lat[:, a - rr * step : b - rr * step, e - cc * step : f - cc * step])
+            x_hat = net.synthesize(y_hat[None], band=SYNTHESIS_BAND)[0]
+            dy, dx = (r * step - top) * Y_STRIDE, (c * step - left) * Y_STRIDE
+            block = x_hat[:, dy : dy + th, dx : dx + tw].clamp(0, 1).mul(255).round()
+            rgb[y0 : y0 + th, x0 : x0 + tw] = block.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            if on_tile is not None:
+                on_tile(i + 1, len(header.latent_shapes))
+        for c in range(cols):
+            latents.pop((r - 1, c), None)
+
+
+def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes],
+                     rgb: np.ndarray, on_tile: TileCallback | None) -> None:
+    """Version 2: every tile synthesized on its own (as version 2 decoders did)."""
+    for i, x0, y0, tw, th in _tiles(header.width, header.height, header.tile):
+        strings = [[sections[2 * i]], [sections[2 * i + 1]]]
+        try:
+            x_hat = net.decompress(strings, header.latent_shapes[i], header.quality)["x_hat"]
+        except CorruptStreamError as e:
+            raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
+        if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
+            raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
+        block = x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round().to(torch.uint8)
+        rgb[y0 : y0 + th, x0 : x0 + tw] = block.permute(1, 2, 0).cpu().numpy()
+        if on_tile is not None:
+            on_tile(i + 1, len(header.latent_shapes))
 
 
 def decode_header(data: bytes) -> Header:
@@ -315,28 +418,18 @@ def decode_image(
                 f"corrupt: tile {i} latent shape {header.latent_shapes[i]} "
                 f"does not fit its {tw}x{th} pixels"
             )
-    registry.verify(header.model, header.weights_hash)
-    if not registry.covers(registry.get_config(header.model), header.quality):
+    path = registry.find_weights(header.model, header.weights_hash,
+                                 header.model_version if header.version >= 3 else None)
+    if not registry.covers(registry.config_of(path), header.quality):
         raise BitstreamError(f"corrupt: quality {header.quality:g} is outside the qualities "
                              f"of model {header.model!r}")
-    net = registry.load(header.model, str(dev))
+    net = registry.load_file(path, str(dev))
     rgb = np.empty((header.height, header.width, 3), np.uint8)
     with torch.inference_mode():
-        for i, x0, y0, tw, th in _tiles(header.width, header.height, header.tile):
-            strings = [[sections[2 * i]], [sections[2 * i + 1]]]
-            try:
-                x_hat = net.decompress(strings, header.latent_shapes[i], header.quality)["x_hat"]
-            # Only the decoder's own verdict on the data means a corrupt stream (the integer
-            # hyper-decoder refuses out-of-range latents too); any other exception is a bug
-            # of lsq and must surface as one.
-            except CorruptStreamError as e:
-                raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
-            if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
-                raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
-            block = x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round().to(torch.uint8)
-            rgb[y0 : y0 + th, x0 : x0 + tw] = block.permute(1, 2, 0).cpu().numpy()
-            if on_tile is not None:
-                on_tile(i + 1, len(header.latent_shapes))
+        if header.version >= 3:
+            _decode_tiles(net, header, sections, rgb, on_tile)
+        else:
+            _decode_tiles_v2(net, header, sections, rgb, on_tile)
     alpha = None
     if header.flags & FLAG_ALPHA:
         alpha = _decode_alpha(sections[-1], header.width, header.height)

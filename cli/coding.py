@@ -456,6 +456,7 @@ def info(input_path: str, as_json: bool) -> None:
     fields = {
         "version": data[len(MAGIC)],  # the stream's own format version byte
         "model": header.model,
+        "model_version": header.model_version,  # 0: unreleased weights, or a version-2 stream
         "weights_hash": header.weights_hash.hex(),
         "width": header.width,
         "height": header.height,
@@ -484,18 +485,35 @@ def info(input_path: str, as_json: bool) -> None:
 
 @click.command()
 def models() -> None:
-    """List the shipped models; * marks the default."""
+    """List the shipped models; * marks the default.
+
+    Each installed weights file is shown with its version and hash; models that the version
+    table knows but that are not installed are listed with where to get them.
+    """
     from lsq.models import registry
 
     configs = registry.list_models()
     if not configs:
         click.echo(f"no models are shipped (looked in {registry.weights_dir()})")
-        return
-    default = registry.default_name()
-    click.echo(f"  {'name':28} {'family':16} {'qualities':>9} {'default':>10} {'steps':>8}")
-    for c in configs:
-        mark = "*" if c["name"] == default else " "
-        click.echo(
-            f"{mark} {c['name']:28} {c['family']:16} {registry.describe_qualities(c):>9} "
-            f"{c['default_quality']:>10.10g} {c.get('steps', '?')!s:>8}"
-        )
+    else:
+        default = registry.default_name()
+        click.echo(f"  {'name':20} {'family':16} {'qualities':>9} {'default':>10} {'steps':>8}"
+                   "  version")
+        files: dict[str, list[str]] = {}
+        for name, path, digest in registry.installed():
+            files.setdefault(name, []).append(
+                f"{registry.version_of(name, digest) or 'unreleased'} ({digest.hex()}"
+                + (f", {path.name})" if registry.VERSION_MARK in path.stem else ")"))
+        for c in configs:
+            mark = "*" if c["name"] == default else " "
+            click.echo(
+                f"{mark} {c['name']:20} {c['family']:16} {registry.describe_qualities(c):>9} "
+                f"{c['default_quality']:>10.10g} {c.get('steps', '?')!s:>8}  "
+                + "; ".join(files.get(c["name"], []))
+            )
+    missing = registry.not_installed()
+    if missing:
+        click.echo(f"not installed (put NAME.safetensors in {registry.weights_dir()} or in a "
+                   f"folder named by {registry.WEIGHTS_ENV}):")
+        for name, entry in missing:
+            click.echo(f"  {name:20} version {entry['version']}: {entry['where']}")

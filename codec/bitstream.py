@@ -1,12 +1,13 @@
 """The `.lsq` container: a versioned header, opaque coded sections and a CRC32.
 
-Byte layout of format version 2 (all integers unsigned, big-endian)::
+Byte layout of format version 3 (all integers unsigned, big-endian)::
 
     offset  size  field
     0       4     magic b"\\x89LSQ" (the high first byte catches text-mode transfers)
-    4       1     format version (2; version 1 streams, from fixed-rate models, are refused)
+    4       1     format version (3 or 2; version 1 streams, from fixed-rate models, are refused)
     5       1     L = length of the model name
     6       L     model name (UTF-8)
+    ..      2     model version (1, 2, ... as released; 0 = weights never released)
     ..      8     weights hash (first 8 bytes of the SHA-256 of the weights file)
     ..      2+2   image width, height (1..65535)
     ..      1     K = length of the original mode string
@@ -21,6 +22,10 @@ Byte layout of format version 2 (all integers unsigned, big-endian)::
     ..      sum   the sections, concatenated: per tile its y then z string; then the alpha plane
     end-4   4     CRC32 of every byte before it
 
+Version 2 is the same without the model version field. The versions also differ in how a
+decoder joins tiles (``lsq.image_codec``): version 2 synthesizes every tile on its own,
+version 3 from its latent plus a border of its neighbours' latents, which removes seams.
+
 The parser never trusts a length before checking it against the bytes actually present, so
 any input either unpacks or raises `BitstreamError` in time and memory linear in its size.
 """
@@ -33,7 +38,8 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89LSQ"
-VERSION = 2
+VERSION = 3
+VERSIONS = (2, 3)  # the format versions this lsq reads (and can write)
 QUALITY_STEPS = 256  # the stream holds the quality in steps of 1/256
 MAX_SIDE = 65535
 MIN_TILE = 64
@@ -91,6 +97,8 @@ class Header:
     tile: int
     latent_shapes: tuple[tuple[int, ...], ...]
     section_lengths: tuple[int, ...] = field(default=())
+    model_version: int = 0
+    version: int = VERSION
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -109,6 +117,11 @@ class Header:
 
     def validate(self, grid: tuple[int, int] | None = None) -> None:
         """Check field ranges and consistency (with a stored tile `grid` if given)."""
+        if self.version not in VERSIONS:
+            raise BitstreamError(f"format version {self.version} cannot be written")
+        if not 0 <= self.model_version <= 0xFFFF or (self.version < 3 and self.model_version):
+            raise BitstreamError(
+                f"model version {self.model_version} does not fit format {self.version}")
         try:
             name = self.model.encode("utf-8")
         except UnicodeEncodeError:
@@ -166,8 +179,9 @@ def pack(header: Header, sections: list[bytes]) -> bytes:
     cols, rows = header.grid
     parts = [
         MAGIC,
-        struct.pack(">BB", VERSION, len(name)),
+        struct.pack(">BB", header.version, len(name)),
         name,
+        struct.pack(">H", header.model_version) if header.version >= 3 else b"",
         header.weights_hash,
         struct.pack(">HHB", header.width, header.height, len(mode)),
         mode,
@@ -211,9 +225,10 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if len(data) < _FIXED_PREFIX:
         raise BitstreamError("truncated: stream ends before the format version")
     version = data[len(MAGIC)]
-    if version != VERSION:
+    if version not in VERSIONS:
         raise BitstreamError(
-            f"format version {version} not supported (this lsq reads version {VERSION})"
+            f"format version {version} not supported (this lsq reads versions "
+            f"{', '.join(map(str, VERSIONS))})"
         )
     # The CRC sits at the very end; parse up to it so a short file reads as "truncated".
     r = _Reader(data, max(len(data) - _CRC_BYTES, 0))
@@ -223,6 +238,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         model = r.take(name_len, "model name").decode("utf-8")
     except UnicodeDecodeError as e:
         raise BitstreamError(f"model name is not valid UTF-8 ({e.reason})") from None
+    (model_version,) = r.unpack(">H", "model version") if version >= 3 else (0,)
     weights_hash = r.take(HASH_BYTES, "weights hash")
     width, height, mode_len = r.unpack(">HHB", "image size")
     try:
@@ -253,6 +269,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         tile=tile,
         latent_shapes=tuple(shapes),
         section_lengths=lengths,
+        model_version=model_version,
+        version=version,
     )
     header.validate(grid=(cols, rows))
     expected = r.pos + sum(lengths) + _CRC_BYTES

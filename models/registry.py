@@ -8,6 +8,14 @@ A variable-rate model covers every quality in [low, high]; a fixed-rate one has 
 The folder is `models/weights/` of the installed package unless the
 environment variable `LSQ_WEIGHTS_DIR` points elsewhere (tests, experiments).
 
+Versions: released weights are frozen; a retrained model is a new version of its name.
+`registry.json` lists them under "versions": {NAME: [{"version": V, "hash": HEX16,
+"where": TEXT}]}, version 0 marking weights that were never released (earlier states of
+the repository). The packaged table is always read; a `LSQ_WEIGHTS_DIR` registry.json
+adds to it. `NAME.safetensors` is the version encoders use; other versions of NAME may be
+installed beside it as `NAME@LABEL.safetensors` (LABEL free, e.g. the version number) for
+decoding old streams, which find their weights by name and hash.
+
 Only safetensors files are read, so loading a model never unpickles anything.
 """
 
@@ -26,6 +34,8 @@ if TYPE_CHECKING:  # torch is imported only when a model is loaded: listing stay
     import torch
 
 WEIGHTS_ENV = "LSQ_WEIGHTS_DIR"
+VERSION_MARK = "@"  # NAME@LABEL.safetensors: another installed version of NAME
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 class UnknownModelError(LookupError):
@@ -43,7 +53,12 @@ class RegistryError(RuntimeError):
 def weights_dir() -> Path:
     """The folder searched for weights (`LSQ_WEIGHTS_DIR` overrides the packaged one)."""
     env = os.environ.get(WEIGHTS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent / "weights"
+    return Path(env) if env else PACKAGED_WEIGHTS
+
+
+def _model_name(path: Path) -> str:
+    """NAME of NAME.safetensors or NAME@LABEL.safetensors."""
+    return path.stem.split(VERSION_MARK, 1)[0]
 
 
 def _read_config(path: Path) -> dict:
@@ -51,7 +66,7 @@ def _read_config(path: Path) -> dict:
         config = weights_file.read_config(path)
     except weights_file.WeightsFileError as e:
         raise RegistryError(str(e)) from None
-    if config["name"] != path.stem:
+    if config["name"] != _model_name(path):
         raise RegistryError(f"{path}: config name {config['name']!r} differs from the file name")
     low, high = _range(config, path)
     default = config["default_quality"]
@@ -70,22 +85,46 @@ def _range(config: dict, path: Path | None = None) -> tuple[float, float]:
     return low, high
 
 
+def _registry_json(folder: Path) -> dict:
+    reg = folder / "registry.json"
+    if not reg.is_file():
+        return {}
+    try:
+        content = json.loads(reg.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RegistryError(f"{reg}: not a JSON object") from None
+    if not isinstance(content, dict):
+        raise RegistryError(f"{reg}: not a JSON object")
+    return content
+
+
+def _version_table(folder: Path) -> dict[str, list[dict]]:
+    """{NAME: [{"version", "hash", "where"}]} of one registry.json, checked."""
+    table = _registry_json(folder).get("versions", {})
+    try:
+        for entries in table.values():
+            for e in entries:
+                if not (isinstance(e["version"], int) and e["version"] >= 0
+                        and len(bytes.fromhex(e["hash"])) == 8 and isinstance(e["where"], str)):
+                    raise ValueError
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise RegistryError(f"{folder / 'registry.json'}: malformed \"versions\" table") from None
+    return table
+
+
 @functools.lru_cache(maxsize=8)
 def _scan(folder: Path, mtime_ns: int) -> tuple[dict[str, dict], str | None]:
-    """Configs by name and the default name; cached per folder state."""
+    """Configs of the NAME.safetensors files by name and the default name; cached per folder
+    state (other versions, NAME@LABEL.safetensors, are read only to decode)."""
     configs = {}
     if folder.is_dir():
         for path in sorted(folder.glob("*.safetensors")):
-            configs[path.stem] = _read_config(path)
-    default = None
-    reg = folder / "registry.json"
-    if reg.is_file():
-        try:
-            default = json.loads(reg.read_text("utf-8")).get("default")
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            raise RegistryError(f"{reg}: not a JSON object") from None
-        if default is not None and default not in configs:
-            raise RegistryError(f"{reg}: default {default!r} is not shipped")
+            if VERSION_MARK not in path.stem:
+                configs[path.stem] = _read_config(path)
+    default = _registry_json(folder).get("default")
+    if default is not None and default not in configs:
+        raise RegistryError(f"{folder / 'registry.json'}: default {default!r} is not shipped")
+    _version_table(folder)
     return configs, default
 
 
@@ -180,7 +219,7 @@ def get_config(name: str) -> dict:
     return configs[name]
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _hash_file(path: Path, mtime_ns: int) -> bytes:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -196,19 +235,94 @@ def weights_hash(name: str) -> bytes:
     return _hash_file(path, path.stat().st_mtime_ns)
 
 
-def verify(name: str, stream_hash: bytes) -> None:
-    """Refuse to decode a stream made with a model or weights that are not the shipped ones."""
-    if name not in _configs()[0]:
+def versions(name: str) -> list[dict]:
+    """The known versions of a model name, newest first: {"version", "hash", "where"} each
+    (version 0: weights that were never released), from the packaged registry.json and
+    the weights folder's."""
+    entries: dict[str, dict] = {}
+    folders = dict.fromkeys([PACKAGED_WEIGHTS, weights_dir()])
+    for folder in folders:
+        for e in _version_table(folder).get(name, []):
+            entries[e["hash"]] = e
+    return sorted(entries.values(), key=lambda e: -e["version"])
+
+
+def _release(name: str, digest: bytes) -> dict | None:
+    return next((e for e in versions(name) if e["hash"] == digest.hex()), None)
+
+
+def version_of(name: str, digest: bytes) -> int:
+    """Released version of the weights of ``name`` with this hash; 0 if never released."""
+    entry = _release(name, digest)
+    return entry["version"] if entry else 0
+
+
+def describe_version(name: str, digest: bytes) -> str:
+    """'leech version 1 (weights 7646badc17e5fdff)', for messages and listings."""
+    version = version_of(name, digest)
+    label = f"version {version}" if version else "an unreleased version"
+    return f"{name} {label} (weights {digest.hex()})"
+
+
+def installed(name: str | None = None) -> list[tuple[str, Path, bytes]]:
+    """(name, path, weights hash) of every installed weights file, NAME@LABEL ones included,
+    of one model name or of all."""
+    folder = weights_dir()
+    _configs()  # a malformed folder fails here as everywhere
+    files = []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        if name is None or _model_name(path) == name:
+            if VERSION_MARK in path.stem:
+                _read_config(path)
+            files.append((_model_name(path), path, _hash_file(path, path.stat().st_mtime_ns)))
+    return files
+
+
+def find_weights(name: str, stream_hash: bytes, version: int | None = None) -> Path:
+    """The installed weights file of model ``name`` with this hash, or ModelMismatchError
+    naming the version the stream needs and where that version is published."""
+    files = installed(name)
+    for _, path, digest in files:
+        if digest == stream_hash:
+            return path
+    entry = _release(name, stream_hash)
+    if version is None:
+        version = entry["version"] if entry else 0
+    needed = f"model {name!r} " + (f"version {version}" if version else "in an unreleased version")
+    needed += f" (weights {stream_hash.hex()})"
+    if files:
+        have = (", but the installed weights differ: "
+                + ", ".join(describe_version(n, d) for n, _, d in files))
+    else:
         shipped = ", ".join(c["name"] for c in list_models()) or "none"
-        raise ModelMismatchError(
-            f"stream needs model {name!r}, which is not installed (installed: {shipped})"
-        )
-    ours = weights_hash(name)
-    if ours != stream_hash:
-        raise ModelMismatchError(
-            f"weights of model {name!r} differ from those the stream was encoded with "
-            f"(stream {stream_hash.hex()}, installed {ours.hex()})"
-        )
+        have = f", which is not installed (installed models: {shipped})"
+    if entry is None:
+        hint = "; no known release has these weights"
+    else:
+        label = version if version else stream_hash.hex()[:8]
+        file = f"{name}{VERSION_MARK}{label}.safetensors" if files else f"{name}.safetensors"
+        hint = (f"; get it from {entry['where']} and save it as {weights_dir() / file} "
+                f"(or point {WEIGHTS_ENV} at a folder holding it)")
+    raise ModelMismatchError(f"stream needs {needed}{have}{hint}")
+
+
+def verify(name: str, stream_hash: bytes, version: int | None = None) -> None:
+    """Refuse, before any model loads, a stream whose exact weights are not installed."""
+    find_weights(name, stream_hash, version)
+
+
+def not_installed() -> list[tuple[str, dict]]:
+    """(name, newest known version) of the models the version tables know but no installed
+    file provides (models kept in the repository, not in the wheel)."""
+    names = {n for folder in dict.fromkeys([PACKAGED_WEIGHTS, weights_dir()])
+             for n in _version_table(folder)}
+    have = {n for n, _, _ in installed()}
+    return [(n, versions(n)[0]) for n in sorted(names - have)]
+
+
+def config_of(path: Path) -> dict:
+    """The config of an installed weights file (one that ``find_weights`` returned)."""
+    return _read_config(path)
 
 
 @functools.lru_cache(maxsize=4)
@@ -230,5 +344,9 @@ def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
 def load(name: str, device: str = "cpu") -> torch.nn.Module:
     """Build the model, load its weights (floats cast to float32) and cache it per device."""
     get_config(name)
-    path = weights_dir() / f"{name}.safetensors"
+    return load_file(weights_dir() / f"{name}.safetensors", device)
+
+
+def load_file(path: Path, device: str = "cpu") -> torch.nn.Module:
+    """As :func:`load`, for a file that ``find_weights`` returned (any installed version)."""
     return _load(path, path.stat().st_mtime_ns, device)

@@ -42,8 +42,9 @@ SECTIONS = [b"y0", b"z0", b"", b"z1", b"y2" * 50, b"z2", b"y3", b"z3", b"alpha"]
 
 def raw_stream(
     *,
-    version: int = 2,
+    version: int = 3,
     name: bytes = b"m",
+    model_version: int = 1,
     size: tuple[int, int] = (64, 64),
     mode: bytes = b"RGB",
     flags: int = 0,
@@ -61,6 +62,7 @@ def raw_stream(
         MAGIC
         + struct.pack(">BB", version, len(name))
         + name
+        + (struct.pack(">H", model_version) if version >= 3 else b"")
         + b"h" * 8
         + struct.pack(">HHB", *size, len(mode))
         + mode
@@ -101,6 +103,24 @@ def test_round_trip_unicode_name_and_limits() -> None:
 def test_hand_built_stream_is_valid() -> None:
     header, sections = unpack(raw_stream())
     assert header.model == "m" and sections == [b"y", b"z"]
+    assert (header.version, header.model_version) == (3, 1)
+
+
+def test_version_2_streams_still_parse_and_pack() -> None:
+    """Version 2 has no model version field; unpack reads it and pack writes it back."""
+    data = raw_stream(version=2)
+    header, sections = unpack(data)
+    assert (header.version, header.model_version, header.model) == (2, 0, "m")
+    assert pack(header, sections) == data
+    with pytest.raises(BitstreamError, match="model version 1 does not fit format 2"):
+        pack(make_header(version=2, model_version=1), SECTIONS)
+
+
+def test_model_version_round_trips() -> None:
+    header = make_header(model_version=65535)
+    got, _ = unpack(pack(header, SECTIONS))
+    assert got.model_version == 65535 and got.version == 3
+    assert unpack(raw_stream(model_version=0))[0].model_version == 0
 
 
 @pytest.mark.parametrize(
@@ -110,11 +130,12 @@ def test_hand_built_stream_is_valid() -> None:
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an lsq file"),
         (MAGIC, "truncated"),
         (raw_stream(version=1), "version 1 not supported"),
-        (raw_stream(version=3), "version 3 not supported"),
+        (raw_stream(version=4), "version 4 not supported"),
         (raw_stream(version=0), "version 0 not supported"),
         (raw_stream(fix_crc=False), "corrupt: checksum mismatch"),
         (raw_stream()[:-1], "truncated"),
         (raw_stream()[:12], "truncated"),
+        (raw_stream()[:12], "truncated: stream ends inside the model version"),
         (raw_stream() + b"\x00", "1 trailing bytes"),
         (raw_stream(name=b"\xff\xfe"), "not valid UTF-8"),
         (raw_stream(name=b""), "model name must be"),
@@ -171,6 +192,8 @@ def test_bitstream_error_is_value_error() -> None:
         ({"latent_shapes": ((1, 1),)}, "latent shapes"),
         ({"latent_shapes": ((),) * 4}, "invalid latent shape"),
         ({"latent_shapes": ((1, 70000),) * 4}, "invalid latent shape"),
+        ({"model_version": 70000}, "model version 70000"),
+        ({"version": 1}, "format version 1 cannot be written"),
     ],
 )
 def test_pack_refuses_invalid_headers(overrides: dict, message: str) -> None:

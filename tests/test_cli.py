@@ -174,7 +174,7 @@ def test_info_text_and_json(env: dict[str, str], coded: dict) -> None:
     info = json.loads(result.stdout)
     assert info["width"] == 50 and info["height"] == 40 and info["mode"] == "RGBA"
     assert info["flags"] == ["alpha"] and info["bytes"] == coded["rgba"]["lsq"].stat().st_size
-    assert len(info["section_lengths"]) == 3 and info["version"] == 2 and info["quality"] == 1.0
+    assert len(info["section_lengths"]) == 3 and info["version"] == 3 and info["quality"] == 1.0
 
 
 def test_stdin_stdout_pipeline(env: dict[str, str], coded: dict) -> None:
@@ -235,7 +235,7 @@ def test_stream_from_other_weights_is_refused(env: dict[str, str], coded: dict,
     """A stream whose weights hash differs (re-checksummed) must not decode."""
     data = bytearray(coded["gray"]["lsq"].read_bytes())
     name_len = data[5]
-    data[6 + name_len] ^= 0xFF  # first byte of the weights hash
+    data[8 + name_len] ^= 0xFF  # first byte of the weights hash, after the model version
     data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
     bad = tmp_path / "h.lsq"
     bad.write_bytes(bytes(data))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -24,8 +27,12 @@ from lsq.codec.bitstream import (
     pack,
     unpack,
 )
-from lsq.models import registry
+from lsq.models import registry, weights_file
+from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ScalarLatentCodec
+
+TESTS = Path(__file__).resolve().parent
+REPO_WEIGHTS = TESTS.parent / "models" / "weights"  # every model, shipped in the wheel or not
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +190,7 @@ def test_crafted_streams_with_valid_crc_are_refused() -> None:
     short_alpha = zlib.compress(b"\x00" * 10)
     with pytest.raises(BitstreamError, match="alpha"):
         image_codec.decode_image(repacked(data, sections=[*sections[:-1], short_alpha]))
-    with pytest.raises(registry.ModelMismatchError, match="differ"):
+    with pytest.raises(registry.ModelMismatchError, match="weights differ: tiny-scalar-q1"):
         image_codec.decode_image(repacked(data, weights_hash=b"\x00" * 8))
     with pytest.raises(registry.ModelMismatchError, match="not installed"):
         image_codec.decode_image(repacked(data, model="elsewhere"))
@@ -228,7 +235,7 @@ def test_tile_callback_counts_every_tile() -> None:
     assert calls == [(i, 6) for i in range(1, 7)]
 
 
-SHIPPED = sorted(p.stem for p in (Path(registry.__file__).parent / "weights").glob("*.safetensors"))
+SHIPPED = sorted(p.stem for p in REPO_WEIGHTS.glob("*.safetensors"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -238,7 +245,7 @@ def test_shipped_model_round_trip(name: str, monkeypatch: pytest.MonkeyPatch) ->
     better picture at its highest quality than at its lowest. Barely trained models ship
     too (a first `spherical-leech` gives 24 dB here), so the bar is 20 dB; a rate capped by M
     (`spherical-leech`: 1.0 dB from quality 1 to 8 here) sets the 0.5 dB step."""
-    monkeypatch.delenv(registry.WEIGHTS_ENV)
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
     config = registry.get_config(name)
     y, x = np.mgrid[0:64, 0:64]
     arr = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
@@ -254,3 +261,91 @@ def test_shipped_model_round_trip(name: str, monkeypatch: pytest.MonkeyPatch) ->
     assert default_psnr > 20, f"{name}: {default_psnr:.1f} dB at the default quality"
     if config["qualities"][0] < config["qualities"][1]:
         assert high[0] > low[0] + 0.5 and high[1] > low[1], f"{name}: {low} vs {high}"
+
+
+def test_version_2_stream_decodes_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version-2 stream (tiles synthesized on their own, no model version) made by the
+    version-2 encoder with `leech` version 1, tile 64: the same pixels as that decoder gave."""
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
+    data = (TESTS / "data" / "v2-leech-tile64.lsq").read_bytes()
+    header = unpack(data)[0]
+    assert (header.version, header.model_version, header.grid) == (2, 0, (2, 2))
+    img = image_codec.decode_image(data)
+    assert img.size == (128, 96)
+    assert hashlib.sha256(img.tobytes()).hexdigest() == (
+        "274662e483c425de33c16493e613b1e9d6a5de64ab6e8aefafdbf5e3d1dc4b61")
+
+
+def test_tiles_decode_as_one_synthesis_of_all_latents() -> None:
+    """Version 3: joining tiles through their latents' borders gives the pixels that one
+    synthesis of the whole latent gives, whatever the tile grid."""
+    data = image_codec.encode_image_report(noise("RGB", (150, 100)), tile=64)[0]
+    header, sections = unpack(data)
+    assert header.version == 3 and header.grid == (3, 2)
+    net = registry.load(header.model)
+    latents = [image_codec._tile_latent(net, header, sections, i) for i in range(6)]
+    rows = [torch.cat(latents[3 * r : 3 * r + 3], dim=2) for r in range(2)]
+    whole = net.synthesize(torch.cat(rows, dim=1)[None])[0, :, :100, :150]
+    expected = whole.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(image_codec.decode_image(data)), expected)
+
+
+def seam_psnr(original: np.ndarray, decoded: np.ndarray, tile: int) -> tuple[float, float]:
+    """(PSNR of the whole image, PSNR of the 2-pixel bands either side of tile borders)."""
+    h, w = original.shape[:2]
+    seams = np.zeros((h, w), bool)
+    for b in range(tile, w, tile):
+        seams[:, b - 2 : b + 2] = True
+    for b in range(tile, h, tile):
+        seams[b - 2 : b + 2, :] = True
+    err = (original.astype(np.float64) - decoded) ** 2
+    return tuple(10 * np.log10(255**2 / e.mean()) for e in (err, err[seams]))
+
+
+def test_no_seams_at_tile_borders(kodak: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2x2-tile crop of kodim23 with `leech`: the seam bands lose less than 0.5 dB against
+    the whole image (version-2 tiles lost 1.5-2 dB here)."""
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
+    img = Image.open(kodak / "kodim23.png").convert("RGB").crop((200, 100, 456, 356))
+    data = image_codec.encode_image_report(img, model="leech", tile=128)[0]
+    assert unpack(data)[0].grid == (2, 2)
+    whole, seams = seam_psnr(np.asarray(img), np.asarray(image_codec.decode_image(data)), 128)
+    assert whole > 30 and seams > whole - 0.5, (whole, seams)
+
+
+def test_stream_of_an_older_model_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream names its model version; after the model is retrained (version 2), it decodes
+    when version 1 is installed beside it and, when not, says which version and where."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(folder))
+    config = dict(name="tiny", family="scalar", qualities=[1, 5], default_quality=1, N=8, M=24)
+    digests = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = build_model("scalar", N=8, M=24, qualities=(1, 5))
+        net.update(force=True)
+        path = weights_file.save(net.state_dict(), tmp_path / f"v{seed}.safetensors", config)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+    table = {"tiny": [{"version": v, "hash": d, "where": f"release R{v}"}
+                      for v, d in zip((1, 2), digests, strict=True)]}
+    (folder / "registry.json").write_text(json.dumps({"default": "tiny", "versions": table}))
+    shutil.copy(tmp_path / "v1.safetensors", folder / "tiny.safetensors")
+    img = noise("RGB", (40, 30))
+    data = image_codec.encode_image(img)
+    header = unpack(data)[0]
+    assert (header.model, header.model_version, header.weights_hash.hex()) == (
+        "tiny", 1, digests[0])
+    before = image_codec.decode_image(data).tobytes()
+
+    shutil.copy(tmp_path / "v2.safetensors", folder / "tiny.safetensors")  # retrained
+    assert unpack(image_codec.encode_image(img))[0].model_version == 2
+    with pytest.raises(registry.ModelMismatchError) as err:
+        image_codec.decode_image(data)
+    message = str(err.value)
+    assert f"needs model 'tiny' version 1 (weights {digests[0]})" in message
+    assert f"installed weights differ: tiny version 2 (weights {digests[1]})" in message
+    assert "get it from release R1" in message and "tiny@1.safetensors" in message
+
+    shutil.copy(tmp_path / "v1.safetensors", folder / "tiny@1.safetensors")
+    assert image_codec.decode_image(data).tobytes() == before

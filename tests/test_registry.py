@@ -12,6 +12,8 @@ from safetensors.numpy import save_file
 
 from lsq.models import registry
 
+REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
+
 
 def fake_model(folder: Path, name: str, family: str, qualities: list, default=None,
                **extra) -> None:
@@ -76,10 +78,57 @@ def test_hash_is_sha256_prefix_and_verify(folder: Path) -> None:
     expected = hashlib.sha256(path.read_bytes()).digest()[:8]
     assert registry.weights_hash("scalar-lo") == expected
     registry.verify("scalar-lo", expected)
-    with pytest.raises(registry.ModelMismatchError, match="differ"):
+    assert registry.find_weights("scalar-lo", expected) == path
+    installed = ("the installed weights differ: "
+                 f"scalar-lo an unreleased version \\(weights {expected.hex()}")
+    with pytest.raises(registry.ModelMismatchError, match=r"needs model 'scalar-lo' in an "
+                       r"unreleased version \(weights 0{16}\), but " + installed):
         registry.verify("scalar-lo", bytes(8))
     with pytest.raises(registry.ModelMismatchError, match="not installed"):
         registry.verify("../../etc/passwd", expected)
+
+
+def test_versions_name_the_release_that_has_them(folder: Path) -> None:
+    """Hashes of the version table give versions; a missing version says where it lives."""
+    digest = registry.weights_hash("scalar-lo")
+    table = {"scalar-lo": [{"version": 2, "hash": digest.hex(), "where": "release B"},
+                           {"version": 1, "hash": "ab" * 8, "where": "release A"}]}
+    (folder / "registry.json").write_text(json.dumps({"default": "leech", "versions": table}))
+    assert registry.version_of("scalar-lo", digest) == 2
+    assert registry.version_of("scalar-lo", bytes(8)) == 0
+    assert registry.describe_version("scalar-lo", digest) == (
+        f"scalar-lo version 2 (weights {digest.hex()})")
+    assert [e["version"] for e in registry.versions("scalar-lo")] == [2, 1]
+    with pytest.raises(registry.ModelMismatchError) as err:
+        registry.verify("scalar-lo", bytes.fromhex("ab" * 8))
+    message = str(err.value)
+    assert "needs model 'scalar-lo' version 1 (weights abababababababab)" in message
+    assert f"differ: scalar-lo version 2 (weights {digest.hex()})" in message
+    assert "get it from release A" in message and "scalar-lo@1.safetensors" in message
+    fake_model(folder, "tmp", "scalar", [1, 4])  # a second installed version, under a label
+    (folder / "tmp.safetensors").replace(folder / "scalar-lo@old.safetensors")
+    with pytest.raises(registry.RegistryError, match="differs from the file name"):
+        registry.installed("scalar-lo")
+    fake_model(folder, "scalar-lo", "scalar", [1, 4], 2)
+    (folder / "scalar-lo.safetensors").replace(folder / "scalar-lo@old.safetensors")
+    fake_model(folder, "scalar-lo", "scalar", [1, 4])
+    old = registry.installed("scalar-lo")[1]
+    assert old[1].name == "scalar-lo@old.safetensors"
+    assert registry.find_weights("scalar-lo", old[2]) == old[1]
+    assert "scalar-lo@old" not in [c["name"] for c in registry.list_models()]
+
+
+def test_malformed_version_table(folder: Path) -> None:
+    (folder / "registry.json").write_text(json.dumps({"versions": {"x": [{"version": 1}]}}))
+    with pytest.raises(registry.RegistryError, match="malformed \"versions\" table"):
+        registry.list_models()
+
+
+def test_packaged_version_table_covers_the_shipped_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every weights file in the repository is version 1 of its name in the packaged table."""
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
+    for name, path, digest in registry.installed():
+        assert registry.version_of(name, digest) == 1, path
 
 
 @pytest.mark.parametrize(
@@ -122,3 +171,18 @@ def test_weights_that_do_not_fit_their_config(folder: Path) -> None:
     fake_model(folder, "hexagonal", "hexagonal", [1, 8])
     with pytest.raises(registry.RegistryError, match="unknown quantizer 'hexagonal'"):
         registry.load("hexagonal")
+
+
+def test_the_wheel_ships_the_default_model() -> None:
+    """pyproject's package data names registry.json, the default model and files that exist;
+    every weights file of the repository is in the version table, shipped or not."""
+    tomllib = pytest.importorskip("tomllib")
+    root = REPO_WEIGHTS.parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    shipped = data["tool"]["setuptools"]["package-data"]["lsq.models"]
+    default = json.loads((REPO_WEIGHTS / "registry.json").read_text())["default"]
+    assert "weights/registry.json" in shipped
+    assert f"weights/{default}.safetensors" in shipped
+    assert all((root / "models" / f).is_file() for f in shipped)
+    table = json.loads((REPO_WEIGHTS / "registry.json").read_text())["versions"]
+    assert sorted(table) == sorted(p.stem for p in REPO_WEIGHTS.glob("*.safetensors"))

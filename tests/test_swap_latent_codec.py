@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from lsq.models import registry
 from lsq.models.latent_codecs import ScalarLatentCodec, make_latent_codec
 from lsq.tools import swap_latent_codec as swap
+
+
+@pytest.fixture(scope="module", autouse=True)
+def repository_weights():
+    """The repository's weights folder: `scalar` is not in the wheel."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(registry.WEIGHTS_ENV,
+                     str(Path(__file__).resolve().parents[1] / "models" / "weights"))
+        yield
 
 
 @pytest.fixture(scope="module")

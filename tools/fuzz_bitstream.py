@@ -2,10 +2,10 @@
 
     python -m lsq.tools.fuzz_bitstream [--cases 100000] [--decode-cases 2000] [--seed 0]
 
-Phase 1 mutates valid streams (bit flips, overwrites, inserts, deletions, truncations,
-extensions, splices, big integers; half of them with the CRC recomputed so mutations
-reach the structural checks) and runs `unpack` in-process: every case must return or
-raise BitstreamError within --hang seconds. Phase 2, when a model is shipped (or
+Phase 1 mutates valid streams of format versions 3 and 2 (bit flips, overwrites, inserts,
+deletions, truncations, extensions, splices, big integers; half of them with the CRC
+recomputed so mutations reach the structural checks) and runs `unpack` in-process: every
+case must return or raise BitstreamError within --hang seconds. Phase 2, when a model is shipped (or
 LSQ_WEIGHTS_DIR names one), encodes small real images and runs `decode_image` on mutated
 copies (half with garbage inside one section of a valid container, the rest mutated
 anywhere and mostly CRC-fixed) so the entropy decoder and networks see garbage, in a child
@@ -23,6 +23,7 @@ import time
 import warnings
 import zlib
 from collections import Counter
+from dataclasses import replace
 
 import click
 
@@ -32,19 +33,22 @@ BIG = (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFFFF)
 
 
 def synthetic_seeds() -> list[bytes]:
-    """Valid streams exercising every header field: flags, grids, shapes, empty sections."""
+    """Valid streams exercising every header field: flags, grids, shapes, empty sections, both
+    format versions."""
     seeds = []
-    for width, height, tile, flags in [
-        (1, 1, 64, 0),
-        (100, 70, 64, FLAG_ALPHA | FLAG_GRAY),
-        (768, 512, 1024, 0),
-        (300, 5, 128, FLAG_ALPHA),
+    for width, height, tile, flags, version in [
+        (1, 1, 64, 0, 3),
+        (100, 70, 64, FLAG_ALPHA | FLAG_GRAY, 3),
+        (768, 512, 1024, 0, 3),
+        (300, 5, 128, FLAG_ALPHA, 2),
+        (100, 70, 64, FLAG_ALPHA | FLAG_GRAY, 2),
     ]:
         cols, rows = -(-width // tile), -(-height // tile)
         header = Header(
             model="leech-q3", weights_hash=bytes(range(8)), width=width, height=height,
             mode="RGBA" if flags & FLAG_ALPHA else "RGB", flags=flags, quality=3, tile=tile,
-            latent_shapes=((1, 2),) * (cols * rows),
+            latent_shapes=((1, 2),) * (cols * rows), version=version,
+            model_version=7 if version >= 3 else 0,
         )
         n = 2 * cols * rows + (1 if flags & FLAG_ALPHA else 0)
         seeds.append(pack(header, [bytes([i]) * (i % 5) for i in range(n)]))
@@ -183,6 +187,8 @@ def fuzz_decode(cases: int, seed: int, hang_s: float) -> tuple[Counter, list[byt
             if not isinstance(stream, bytes):
                 raise click.ClickException(f"cannot encode a seed image: {stream}")
             real.append(stream)
+        header, sections = unpack(real[0])  # and the version-2 decoder on the same latents
+        real.append(pack(replace(header, version=2, model_version=0), sections))
         for stream in real:
             if child.ask(("decode", stream), 600) != "ok":
                 raise click.ClickException("an unmutated seed stream does not decode")
