@@ -15,7 +15,7 @@
 set -uo pipefail
 runs=$1 out=$2 wait_s=$3
 shift 3
-# fail before waiting, not after: session 13 lost a collect to a missing PYTHONPATH
+# fail before waiting, not after: a collect without PYTHONPATH would return nothing
 python3 -c "import lsq.training.export" || { echo "collect_session: lsq is not importable" \
   "(export PYTHONPATH as train_session.sh's caller did)" >&2; exit 1; }
 end=$((SECONDS + wait_s))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session of training (issue 12's plan): models trained in the background, sharing
+# One GPU session of training: models trained in the background, sharing
 # the machine's GPUs, each with its own stop time.
 #
 # NAME is a preset of lsq.models.spec (python -m lsq.training --preset NAME: leech, scalar,

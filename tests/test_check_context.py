@@ -30,7 +30,7 @@ def saved(tmp_path: Path, dead: bool, options: dict = CONTEXT) -> Path:
         with torch.no_grad():
             for t in net.latent_codec.transforms:
                 torch.nn.init.normal_(t[-1].weight, std=0.05)
-                if dead:  # the last hidden layer below zero everywhere, as session 18's
+                if dead:  # the last hidden layer below zero everywhere, as in a dead ReLU run's
                     t[-3].bias.fill_(-1e4)
     config = dict(name="m", family="scalar", qualities=[1, 8], default_quality=3,
                   codec_options=options, N=16, M=48)

@@ -1,4 +1,4 @@
-"""The held-out gain of a session: issue 12's stop rule, from a model's validation CSV."""
+"""The held-out gain of a session (the stop rule), from a model's validation CSV."""
 
 import csv
 from pathlib import Path

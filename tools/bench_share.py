@@ -1,4 +1,4 @@
-"""Aggregate training throughput of several models sharing one device (issue 11's figure).
+"""Aggregate training throughput of several models sharing one device.
 
     python -m lsq.tools.bench_share --quantizers leech,scalar,leech-hybrid,spherical-leech
                                     --seconds 60 [bench_train flags: --compile inductor

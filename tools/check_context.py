@@ -6,10 +6,10 @@
 For each group transform: the share of its hidden units that are positive somewhere on the
 images (a unit that never is passes no gradient through a ReLU: it is dead). Then, at each
 quality, y's bits (the model's -log2 P, eval mode) and how much they change when the
-transforms' last layers are zeroed, which removes every context correction. Session 18's
-`leech-cgf` had its second layer 0 % positive and changed y's bits by 0.00 %; a model whose
-transforms work changes them by far more (session 17's `leech-cg`: 44 % more bits without
-them, since its hyperprior co-adapted). Takes any weights file, shipped or just returned.
+transforms' last layers are zeroed, which removes every context correction. A dead
+model has a layer 0 % positive and changes y's bits by nothing; a model whose transforms
+work changes them by far more (its hyperprior co-adapts to the context). Takes any weights
+file, shipped or just returned.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How much a training session gained on the held-out slice: issue 12's stop rule.
+"""How much a training session gained on the held-out slice: the stop rule of a recipe.
 
     python -m lsq.tools.heldout_gain NAME:STEP[-END]... [--logs models/weights/logs]
                                      [--crops-per-step 16]

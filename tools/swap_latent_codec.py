@@ -7,16 +7,10 @@ At each integer quality the model's latent y and hyper parameters go once throug
 latent codec and once through CODEC put in its place (eval mode: hard quantization). For
 each it prints the model's -log2 P in bits per pixel (y and z) and the PSNR. CODEC must read
 the same hyper parameters as the model's own (a scale and a mean per channel: `leech` and
-`scalar`). Session 14, six Kodak images: the `scalar` model's latents cost 1.95x the bits
-through `leech` at quality 1 and 1.07x at quality 8, while the `leech` model's latents cost
-1.41x through rounding at quality 1: each model's transforms shape their latents for their
-own quantizer, most of all at low rates. Through `leech-hybrid` (Λ24 on the blocks whose
-mean predicted scale exceeds ``--above``, default 1, rounding on the others), `scalar`'s
-latents cost 1.13 % fewer bits at equal PSNR (BD-rate) than through rounding alone.
-Where `leech-hybrid` is one of the two codecs, a last column gives the share of y's blocks,
-and of y's bits, that it puts on Λ24. Session 16, the trained `leech-hybrid` model (165k
-steps): its latents through rounding alone cost 2.0 % more (BD-rate); Λ24 takes 1.4 % of its
-blocks (3.9 % of the bits) at quality 3, 21 % (38 %) at 5 and 62 % (82 %) at 8.
+`scalar`), or be `leech-hybrid` (Λ24 on the blocks whose mean predicted scale exceeds
+``--above``, default 1, rounding on the others). Where `leech-hybrid` is one of the two
+codecs, a last column gives the share of y's blocks, and of y's bits, that it puts on Λ24.
+What it measured on the shipped models: docs/experiments.md.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def default_groups(M: int) -> tuple[int, ...]:
 
 
 #: How group transforms see the earlier groups: "separable" (a depthwise 3x3 convolution
-#: then 1x1 ones, sessions 13 to 17) or "full" (three full 3x3 convolutions).
+#: then 1x1 ones) or "full" (three full 3x3 convolutions).
 GROUP_TRANSFORMS = ("separable", "full")
 
 #: Hidden widths of a "full" group transform: those of Minnen & Singh's slice transforms
@@ -56,9 +56,9 @@ GROUP_TRANSFORMS = ("separable", "full")
 FULL_WIDTHS = (224, 128)
 
 #: Negative slope of a "full" transform's activations: a power of two (exact in integer form).
-#: With ReLU, session 18's runs ended with every second-layer unit dead and the transforms
-#: changing no likelihood: a unit's 2,016 inputs are all >= 0, so Adam moves all its weights
-#: the same way, about lr each, and a few hundred steps pushed most units below zero for good.
+#: With ReLU the second-layer units die early in training and the transforms change no
+#: likelihood: a unit's inputs are all >= 0, so Adam moves all its weights the same way,
+#: about lr each, and a few hundred steps push most units below zero for good.
 LEAK = 2.0**-4
 
 
@@ -68,16 +68,12 @@ def make_transform(in_channels: int, hidden: int, out_channels: int,
     convolutions and (leaky) ReLU: its integer form is exact.
 
     "separable": a depthwise 3x3 convolution (every channel sees its neighbours) and a 1x1
-    one to ``hidden`` channels, then two 1x1 ones as ELIC's parameter aggregation; a context
-    model of N = 128, M = 192 weighs 15.1 MiB in fp16 (15.7 with LRP). Each input channel
-    has one spatial filter, so the earlier groups' spatial context is barely used: trained
-    to 145k steps it stayed 2.8 % behind its hyperprior version (at 213k) on Kodak.
-    "full": three full 3x3 convolutions (``FULL_WIDTHS``; ``hidden`` unused), Minnen &
-    Singh's slice transform (with LeakyReLU, ``LEAK``, where they use GELU): a 7x7
-    receptive field, any spatial pattern per channel pair. N = 128, M = 192: 22.8 MiB in
-    fp16 (23.2 with ``spherical-leech``); on a Kodak image the four integer transforms take
-    0.3 s on two CPU cores (separable: 0.1). 65.7k (Leech) and 67k (scalar) steps from a
-    213k-step hyperprior model gained 4.9 % and 6.5 % on Kodak (session 21, flattened)."""
+    one to ``hidden`` channels, then two 1x1 ones as ELIC's parameter aggregation. Each
+    input channel has one spatial filter, so the earlier groups' spatial context is barely
+    used. "full": three full 3x3 convolutions (``FULL_WIDTHS``; ``hidden`` unused), Minnen
+    & Singh's slice transform (with LeakyReLU, ``LEAK``, where they use GELU): a 7x7
+    receptive field, any spatial pattern per channel pair; larger and slower, and the one
+    that pays on Kodak (docs/experiments.md, channel-groups context models)."""
     if kind == "full":
         wide, narrow = FULL_WIDTHS
         return nn.Sequential(
