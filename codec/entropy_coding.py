@@ -4,7 +4,7 @@ Three kinds of symbols, each coded exactly under the model that training optimiz
 - integer offsets under a tabulated row (``Tables``), grouped by row so that each group
   is one constriction call; offsets outside the row go through an escape symbol followed
   by the raw value, so nothing is ever clipped;
-- Leech lattice points under the exact prior of DESIGN.md section 5, in groups of blocks:
+- Leech lattice points under the exact prior of docs/design.md section 5, in groups of blocks:
   the coset (m, then the Golay codeword through the code's trio of octads: class c0, its
   partner j, complement bits s), the parity of each q_i given the rest, then the offset of
   each q_i inside its parity class (``LeechCoder``). The product of the coded
@@ -242,7 +242,7 @@ class _CosetModel:
     """The coset masses of a chunk of blocks, as the four product functions they combine.
 
     With a_i(r) = C_i(r) + C_i(r + 4) and b_i(r) = C_i(r) - C_i(r + 4), the mass of coset
-    (m, c) is (prod_i a_i(m + 2 c_i) + (-1)^m prod_i b_i(m + 2 c_i)) / 2 (DESIGN.md section
+    (m, c) is (prod_i a_i(m + 2 c_i) + (-1)^m prod_i b_i(m + 2 c_i)) / 2 (docs/design.md section
     5). Index f = 2 m + (0 for a, 1 for b) picks one product function.
     """
 

@@ -1,4 +1,4 @@
-"""The exact Gaussian prior on the Leech lattice, in torch (DESIGN.md section 5).
+"""The exact Gaussian prior on the Leech lattice, in torch (docs/design.md section 5).
 
 P(x) = prod_i phi_i(x_i) / Z over x in the integer-frame Leech lattice, with
 phi_i(t) = exp(-(t - mu_i)^2 / (2 sigma_i^2)). Z is a sum over the 8,192 cosets

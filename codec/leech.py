@@ -1,6 +1,6 @@
 """The Leech lattice Λ24 in the integer frame (coordinates times sqrt(8), min squared norm 32).
 
-Membership (DESIGN.md section 3): x is in Λ24 iff either all x_i are even,
+Membership (docs/design.md section 3): x is in Λ24 iff either all x_i are even,
 {i : x_i ≡ 2 mod 4} is a Golay codeword and Σx_i ≡ 0 mod 8 (type m = 0), or all x_i are odd,
 {i : x_i ≡ 3 mod 4} is a Golay codeword and Σx_i ≡ 4 mod 8 (type m = 1).
 

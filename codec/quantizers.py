@@ -1,4 +1,4 @@
-"""One interface for the four quantizers of the latent (DESIGN.md section 4).
+"""One interface for the four quantizers of the latent (docs/design.md section 4).
 
 Every quantizer works on blocks: tensors of shape (..., 24) (scalar rounding works
 elementwise but keeps the same shape). Each gives

@@ -1,4 +1,4 @@
-"""Image-quality and rate metrics on 8-bit RGB, as defined in DESIGN.md section 7.
+"""Image-quality and rate metrics on 8-bit RGB, as defined in docs/design.md section 7.
 
 All metrics take ``uint8`` arrays of shape (H, W, 3) so that every codec, learned or not,
 is measured on exactly the pixels a user would see after decoding to an 8-bit image.

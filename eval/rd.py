@@ -1,4 +1,4 @@
-"""Rate-distortion evaluation engine (DESIGN.md section 7).
+"""Rate-distortion evaluation engine (docs/design.md section 7).
 
 For every codec, quality and image: encode to real bytes, decode, measure bpp / PSNR /
 MS-SSIM and wall-clock times. Each measurement is appended to a JSON-lines cache

@@ -2,13 +2,13 @@
 # Wait up to SECONDS (or until no training runs), print each run's last log lines, then export
 # the latest checkpoint of the named runs (default: all) as fp16 safetensors into OUT_DIR with
 # the logs in one tarball. A call returns at most 8 files of 16 MiB, 64 MiB in all: a larger
-# file is split into NAME.safetensors.part-aa, -ab, ... (join them with cat); a hyperprior
-# model is about 14 MB, a context model about 16 MB, so name at most four runs per call.
+# file is split into NAME.safetensors.part-aa, -ab, ... (join them with cat); a context model
+# comes in two parts, so name at most four hyperprior runs or two context models per call.
 # With CHECKPOINTS=1 the named runs' full checkpoints (manifest and parts of at most 16 MB,
 # lsq.training.checkpoint) come back too, in OUT_DIR/NAME/: copied into RUNS_DIR/NAME of
 # the next session, the run resumes exactly; count their parts against the call's 8 files
-# (a leech checkpoint is about 56 MB, a context model's about 96 MB: once the run has
-# stopped, take a large one in two calls, `python3 -m lsq.training.checkpoint RUNS_DIR/NAME
+# (a checkpoint is several times its fp16 weights: once the run has stopped, take a large
+# one in two calls, `python3 -m lsq.training.checkpoint RUNS_DIR/NAME
 # OUT_DIR/NAME 0 3`, then `... 3 3`, and merge the two folders).
 # Whatever happens to the GPU machine next, at most one call's training is lost.
 # Usage: models/collect_session.sh RUNS_DIR OUT_DIR SECONDS [NAME...]

@@ -1,6 +1,6 @@
 """Training-set shards: the original image files packed into a few files of bounded size.
 
-The GPU machine takes its inputs in pieces of at most about 60 MB (DESIGN.md, "Training"),
+The GPU machine takes its inputs in pieces of at most about 60 MB (docs/design.md section 8),
 so the training JPEGs travel as shards. A shard keeps each file's original bytes (no
 re-encoding, so 145 MB of JPEGs stay about 145 MB) behind a small JSON header:
 

@@ -1,4 +1,4 @@
-"""lsq.training: training the lsq models (DESIGN.md, section 8).
+"""lsq.training: training the lsq models (docs/design.md section 8).
 
 Built for a GPU machine that has PyTorch but no network and may be taken away after half an
 hour: the decoded training set lives on the GPU as uint8 and is cropped there, checkpoints

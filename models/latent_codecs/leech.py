@@ -1,4 +1,4 @@
-"""The full Leech lattice under its exact Gaussian prior (DESIGN.md sections 3 and 5)."""
+"""The full Leech lattice under its exact Gaussian prior (docs/design.md sections 3 and 5)."""
 
 from __future__ import annotations
 
