@@ -194,8 +194,10 @@ class Model:
             raise BitstreamError(f"corrupt: strings do not decode ({e})") from None
 
 
-def load_model(name: str = "leech", device: str = "cpu", quality: float | None = None) -> Model:
-    """A shipped model (by model or family name, see ``lsq models``) ready to code tensors.
+def load_model(name: str | None = None, device: str = "cpu",
+               quality: float | None = None) -> Model:
+    """A shipped model (by model or family name, see ``lsq models``; None: the default, the
+    one ``lsq encode`` uses) ready to code tensors.
 
     ``quality`` sets the model's default quality (None: the one it ships with).
 
