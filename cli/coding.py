@@ -511,6 +511,11 @@ def models() -> None:
                 f"{c['default_quality']:>10.10g} {c.get('steps', '?')!s:>8}  "
                 + "; ".join(files.get(c["name"], []))
             )
+        uses = [(c["name"], registry.purpose(c["name"])) for c in configs]
+        if any(text for _, text in uses):
+            click.echo("what each is for:")
+            for name, text in uses:
+                click.echo(f"  {name:20} {text or '-'}")
     missing = registry.not_installed()
     if missing:
         click.echo(f"not installed (put NAME.safetensors in {registry.weights_dir()} or in a "

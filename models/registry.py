@@ -4,7 +4,8 @@ A model NAME is the file `NAME.safetensors` in the weights folder; its safetenso
 holds a JSON string "config" (the format of ``lsq.models.weights_file``: name,
 family, qualities [low, high], default_quality, codec_options, N, M and how it was trained).
 A variable-rate model covers every quality in [low, high]; a fixed-rate one has low == high.
-`registry.json` in the same folder names the default model: {"default": NAME}.
+`registry.json` in the same folder names the default model, {"default": NAME}, and what
+each model is for, {"purposes": {NAME: TEXT}}.
 The folder is `models/weights/` of the installed package unless the
 environment variable `LSQ_WEIGHTS_DIR` points elsewhere (tests, experiments).
 
@@ -233,6 +234,12 @@ def weights_hash(name: str) -> bytes:
     get_config(name)
     path = weights_dir() / f"{name}.safetensors"
     return _hash_file(path, path.stat().st_mtime_ns)
+
+
+def purpose(name: str) -> str:
+    """What the model is for, from the packaged registry.json's "purposes" ("" if unsaid)."""
+    text = _registry_json(PACKAGED_WEIGHTS).get("purposes", {}).get(name, "")
+    return text if isinstance(text, str) else ""
 
 
 def versions(name: str) -> list[dict]:

@@ -186,3 +186,17 @@ def test_the_wheel_ships_the_default_model() -> None:
     assert all((root / "models" / f).is_file() for f in shipped)
     table = json.loads((REPO_WEIGHTS / "registry.json").read_text())["versions"]
     assert sorted(table) == sorted(p.stem for p in REPO_WEIGHTS.glob("*.safetensors"))
+
+
+def test_every_model_says_what_it_is_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from lsq.cli.main import main as lsq_main
+
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
+    names = sorted(p.stem for p in REPO_WEIGHTS.glob("*.safetensors"))
+    assert all(registry.purpose(name) for name in names)
+    assert registry.purpose("no-such-model") == ""
+    out = CliRunner().invoke(lsq_main, ["models"]).output
+    default = registry.default_name()
+    assert f"  {default:20} {registry.purpose(default)}" in out.split("what each is for:")[1]
