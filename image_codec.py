@@ -393,11 +393,6 @@ def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes]
             on_tile(i + 1, len(header.latent_shapes))
 
 
-def decode_header(data: bytes) -> Header:
-    """Parse and verify a stream's container without touching any model."""
-    return unpack(data)[0]
-
-
 def decode_image(
     data: bytes,
     device: str = "cpu",
