@@ -27,6 +27,7 @@ from lsq.cli import main as cli_main
 from lsq.models import weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ScalarLatentCodec
+from lsq.tools.bench_cli import unwritable_folder
 
 TIMEOUT = 120
 TINY = {"N": 8, "M": 24}
@@ -472,16 +473,6 @@ def test_coding_imports_neither_compiler_nor_training(env: dict[str, str], coded
 def test_command_help_loads_no_torch(name: str) -> None:
     codes, err, loaded = in_process(os.environ.copy(), [name, "--help"])
     assert codes == [0] and loaded == [], err
-
-
-def unwritable_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot create files in; root ignores permission bits."""
-    if os.geteuid() == 0:
-        return Path("/sys")
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    folder.chmod(0o500)
-    return folder
 
 
 def test_errors_come_before_torch(env: dict[str, str], coded: dict, tmp_path: Path) -> None:
