@@ -31,10 +31,14 @@ def qualities(row: dict) -> list[int]:
     return sorted(int(k.removeprefix("val_bpp_q")) for k in row if k.startswith("val_bpp_q"))
 
 
+def rd_curves(rows: Sequence[dict], qs: Sequence[int]) -> list[tuple[list, list]]:
+    """(bpp values, PSNR values) of each validation row over qualities ``qs``."""
+    return [([r[f"val_bpp_q{q}"] for q in qs], [r[f"val_psnr_q{q}"] for q in qs]) for r in rows]
+
+
 def bd_delta(anchor: dict, test: dict, qs: Sequence[int]) -> tuple[float, float]:
     """(BD-PSNR in dB, BD-rate in %) of ``test`` against ``anchor`` over qualities ``qs``."""
-    curves = [([r[f"val_bpp_q{q}"] for q in qs], [r[f"val_psnr_q{q}"] for q in qs])
-              for r in (anchor, test)]
+    curves = rd_curves((anchor, test), qs)
     with warnings.catch_warnings():  # little overlap is reported through the figures
         warnings.simplefilter("ignore")
         return (float(bd.bd_psnr(*curves[0], *curves[1], method="akima")),

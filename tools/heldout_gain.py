@@ -21,6 +21,7 @@ from pathlib import Path
 import bjontegaard as bd
 
 from lsq.models.training_log import read_csv
+from lsq.tools.compare_runs import qualities, rd_curves
 
 CROPS_PER_STEP = 16
 PER_CROPS = 500_000
@@ -36,11 +37,10 @@ def gain(rows: Sequence[dict[str, float]], since: int,
         raise ValueError(f"no validation row at or before step {since} and one after it"
                          + ("" if until == float("inf") else f", at or before {until:.0f}"))
     a, b = before[-1], upto[-1]
-    qualities = [k.removeprefix("val_bpp_") for k in a if k.startswith("val_bpp_")]
-    if len(qualities) < 4:
+    qs = qualities(a)
+    if len(qs) < 4:
         raise ValueError("BD-PSNR needs validation at four qualities or more")
-    curves = [([r[f"val_bpp_{q}"] for q in qualities], [r[f"val_psnr_{q}"] for q in qualities])
-              for r in (a, b)]
+    curves = rd_curves((a, b), qs)
     return a["step"], b["step"], float(bd.bd_psnr(*curves[0], *curves[1], method="akima"))
 
 
