@@ -511,7 +511,8 @@ def models() -> None:
                 f"{c['default_quality']:>10.10g} {c.get('steps', '?')!s:>8}  "
                 + "; ".join(files.get(c["name"], []))
             )
-        uses = [(c["name"], registry.purpose(c["name"])) for c in configs]
+        known = registry.purposes()
+        uses = [(c["name"], known.get(c["name"], "")) for c in configs]
         if any(text for _, text in uses):
             click.echo("what each is for:")
             for name, text in uses:

@@ -236,10 +236,10 @@ def weights_hash(name: str) -> bytes:
     return _hash_file(path, path.stat().st_mtime_ns)
 
 
-def purpose(name: str) -> str:
-    """What the model is for, from the packaged registry.json's "purposes" ("" if unsaid)."""
-    text = _registry_json(PACKAGED_WEIGHTS).get("purposes", {}).get(name, "")
-    return text if isinstance(text, str) else ""
+def purposes() -> dict[str, str]:
+    """What each model is for, from the packaged registry.json's "purposes"."""
+    table = _registry_json(PACKAGED_WEIGHTS).get("purposes", {})
+    return {k: v for k, v in table.items() if isinstance(v, str)} if isinstance(table, dict) else {}
 
 
 def versions(name: str) -> list[dict]:

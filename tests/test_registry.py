@@ -195,8 +195,9 @@ def test_every_model_says_what_it_is_for(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
     names = sorted(p.stem for p in REPO_WEIGHTS.glob("*.safetensors"))
-    assert all(registry.purpose(name) for name in names)
-    assert registry.purpose("no-such-model") == ""
+    known = registry.purposes()
+    assert all(known.get(name) for name in names)
+    assert "no-such-model" not in known
     out = CliRunner().invoke(lsq_main, ["models"]).output
     default = registry.default_name()
-    assert f"  {default:20} {registry.purpose(default)}" in out.split("what each is for:")[1]
+    assert f"  {default:20} {known[default]}" in out.split("what each is for:")[1]
