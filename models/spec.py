@@ -272,6 +272,8 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "leech": ModelSpec("leech"),
     "scalar": ModelSpec("scalar"),
     "leech-hybrid": ModelSpec("leech-hybrid"),
+    "leech-compand": ModelSpec("leech", codec_options={"compand": "block"}),
+    "leech-compand-coord": ModelSpec("leech", codec_options={"compand": "coordinate"}),
     "spherical-leech": ModelSpec("spherical-leech"),
     "bsq-m96": ModelSpec("bsq", M=96, qualities=(1, 1)),
     "bsq": ModelSpec("bsq", qualities=(2, 2)),

@@ -25,7 +25,7 @@ from PIL import Image
 from lsq.codec import leech, tables
 from lsq.codec.entropy_coding import Encoder, LeechCoder
 from lsq.codec.lattice_prior import leech_log_prob
-from lsq.codec.quantizers import BLOCK, LEECH_UNIT_STEP, to_blocks
+from lsq.codec.quantizers import BLOCK, to_blocks
 from lsq.models import latent_coding, registry
 from lsq.models.latent_codecs import LeechLatentCodec
 
@@ -58,9 +58,9 @@ def main() -> None:
             _, z_hat = latent_coding.encode_z(net.entropy_bottleneck, net.h_a(y[None])[0])
             params = latent_coding.integer_hyper_decode(net.h_s, z_hat[None])[0]
         codec = net.latent_codec
-        s, mq = codec.coding_parameters(params)
+        s, mq, step = codec.coding_parameters(params)
         blocks = to_blocks(y[None].double()).reshape(-1, BLOCK)
-        points = leech.nearest((blocks - codec.anchor(params)) / LEECH_UNIT_STEP).numpy()
+        points = leech.nearest((blocks - codec.anchor(params)) / step).numpy()
         mu, sigma = mq / tables.MEAN_GRID, tables.THETA_SCALES[s]
         bits = -leech_log_prob(torch.from_numpy(points).double(), torch.from_numpy(mu),
                                torch.from_numpy(sigma)).numpy() / math.log(2)

@@ -61,9 +61,10 @@ class LeechHybridLatentCodec(LatentCodec):
         rounded = ~on_lattice
         blocks = latent_blocks(y) if enc is not None else None
         recon = torch.empty_like(scales)
-        s, mq = (a[on_lattice.numpy()] for a in self.lattice.coding_parameters(params))
+        s, mq, step = self.lattice.coding_parameters(params)
+        pick = on_lattice.numpy()
         recon[on_lattice] = self.lattice.code_blocks(
-            s, mq, self.lattice.anchor(params)[on_lattice], enc, dec,
+            s[pick], mq[pick], step[on_lattice], self.lattice.anchor(params)[on_lattice], enc, dec,
             None if blocks is None else blocks[on_lattice])
         recon[rounded] = self.rounding.code_values(
             scales[rounded], means[rounded], enc, dec,
