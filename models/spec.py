@@ -264,10 +264,13 @@ class ModelSpec:
 _FULL = {"group_transform": "full"}
 #: ELIC's uneven groups in whole blocks for M = 336: each as large as the ones before.
 _FLAGSHIP = {"group_transform": "full", "groups": (24, 24, 48, 96, 144)}
+#: The flagship's groups with a checkerboard spatial context inside each (ELIC's space-channel
+#: context).
+_FLAGSHIP_CKBD = {**_FLAGSHIP, "checkerboard": True}
 
 #: Named models: the shipped ones, under their weights files' names too (bsq's name its
 #: fixed quality), the separable channel-groups models, and the flagship's Λ24 model and
-#: rounding twin.
+#: rounding twin, without and with the checkerboard.
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "leech": ModelSpec("leech"),
     "scalar": ModelSpec("scalar"),
@@ -291,6 +294,10 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
                                 codec_options=_FLAGSHIP),
     "flagship-scalar": ModelSpec("scalar", N=192, M=336, context="channel-groups",
                                  codec_options=_FLAGSHIP),
+    "flagship-leech-ckbd": ModelSpec("leech", N=192, M=336, context="channel-groups",
+                                     codec_options=_FLAGSHIP_CKBD),
+    "flagship-scalar-ckbd": ModelSpec("scalar", N=192, M=336, context="channel-groups",
+                                      codec_options=_FLAGSHIP_CKBD),
 })
 
 

@@ -2,7 +2,8 @@
 
     python -m lsq.tools.bench_train --quantizer leech --batch 16 --steps 50 [--data SHARDS]
                                     [--preset NAME] [--context channel-groups
-                                    [--group-transform full]] [--bf16] [--channels-last]
+                                    [--group-transform full] [--checkerboard]] [--bf16]
+                                    [--channels-last]
                                     [--compile inductor] [--compile-transforms MODE]
                                     [--ratio] [--seconds S]
 
@@ -59,6 +60,8 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         return preset(args.preset)
     options = {} if args.group_transform == "separable" else {
         "group_transform": args.group_transform}
+    if args.checkerboard:
+        options["checkerboard"] = True
     return ModelSpec(args.quantizer, args.N, args.M, context=args.context,
                      codec_options=options)
 
@@ -118,6 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(overrides the model flags)")
     parser.add_argument("--context", default="none", help="none | channel-groups")
     parser.add_argument("--group-transform", default="separable", help="separable | full")
+    parser.add_argument("--checkerboard", action="store_true",
+                        help="a checkerboard spatial context in every channel group")
     parser.add_argument("--N", type=int, default=128)
     parser.add_argument("--M", type=int, default=192)
     parser.add_argument("--batch", type=int, default=16)
@@ -161,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.ratio:
         scalar = bench(argparse.Namespace(**{**vars(args), "quantizer": "scalar", "preset": "",
                                                "context": "none",
-                                               "group_transform": "separable"}))
+                                               "group_transform": "separable",
+                                               "checkerboard": False}))
         print(f"scalar: train_step {scalar['train_step']:.0f} images/s; {args.quantizer} step "
               f"time / scalar step time = {scalar['train_step'] / results['train_step']:.2f}")
 

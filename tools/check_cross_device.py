@@ -10,9 +10,10 @@ give identical latents everywhere, or a stream would decode to garbage; that is 
 and any mismatch makes the exit status 1. The synthesis transform then runs in float64 on
 the decoding device; its pixels are compared and reported too. ``--untrained`` checks
 randomly initialised models of every quantizer (seed 0, N=128, M=192) instead of the
-shipped ones, and two channel-groups Leech models (``context="channel-groups"``, separable
-group transforms with LRP and full ones), so that every coding path is covered whatever is
-shipped.
+shipped ones, two channel-groups Leech models (``context="channel-groups"``, separable
+group transforms with LRP and full ones) and two with the checkerboard spatial context (Leech
+with full transforms and LRP, rounding with separable ones), so that every coding path is
+covered whatever is shipped.
 """
 
 from __future__ import annotations
@@ -61,11 +62,16 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
 
 #: (name suffix, quantizer, codec options) of the untrained models: every quantizer, and
 #: Leech inside the channel-groups context model with LRP and with full 3x3 group transforms
-#: (whose group and residual transforms are integer networks, LeakyReLU in the full ones).
+#: (whose group and residual transforms are integer networks, LeakyReLU in the full ones), and
+#: with the checkerboard, whose anchors' y_hat feeds an integer spatial context network.
 UNTRAINED = [(q, q, {}) for q in LATENT_CODECS] + [
     ("leech-channel-groups", "leech", {"context": "channel-groups", "lrp": True}),
     ("leech-channel-groups-full", "leech",
-     {"context": "channel-groups", "group_transform": "full"})]
+     {"context": "channel-groups", "group_transform": "full"}),
+    ("leech-checkerboard-full", "leech",
+     {"context": "channel-groups", "group_transform": "full", "lrp": True,
+      "checkerboard": True}),
+    ("scalar-checkerboard", "scalar", {"context": "channel-groups", "checkerboard": True})]
 
 
 def write_untrained(folder: Path) -> None:

@@ -16,6 +16,13 @@ residual transform of concat(hyper features, y_hat of groups up to k) adds a cor
 [-1/2, 1/2] to that group's y_hat, predicting part of its quantization error. It starts at
 zero too, and runs as an integer network while coding, so the corrected y_hat is exact.
 
+With ``checkerboard``, a spatial context inside every group (He et al. 2021; ELIC's
+space-channel context): the group's anchors (``checkerboard.Checkerboard``) are coded first,
+under the parameters above, then the other half, whose parameters also see a spatial context
+network applied to the anchors' y_hat (``checkerboard.make_spatial``). Its only layer starts
+at zero, so an untrained checkerboard codes the same symbols as the model without it, in
+another order. Two range-coder passes per group, each over all positions of its half at once.
+
 Training: the transforms see the inner codecs' training reconstructions of earlier groups,
 as in CompressAI's ``ChannelGroupsLatentCodec``. Coding: they run as integer networks
 (``latent_coding.integer_hyper_decode``) on the bit-exact float64 y_hat of earlier groups,
@@ -35,6 +42,7 @@ from lsq.codec.entropy_coding import Decoder, Encoder
 from lsq.codec.quantizers import BLOCK
 from lsq.models import latent_coding
 from lsq.models.latent_codecs.base import LatentCodec
+from lsq.models.latent_codecs.checkerboard import Checkerboard, first_activation, make_spatial
 from lsq.models.layers import conv
 
 
@@ -115,7 +123,8 @@ class ChannelGroupsLatentCodec(LatentCodec):
 
     def __init__(self, codec: type[LatentCodec], M: int, proxy: str = "mixed",
                  groups: Sequence[int] | None = None, lrp: bool = False,
-                 group_transform: str = "separable", **options) -> None:
+                 group_transform: str = "separable", checkerboard: bool = False,
+                 **options) -> None:
         super().__init__(M, proxy)
         groups = tuple(default_groups(M) if groups is None else groups)
         if sum(groups) != M or any(g <= 0 or g % BLOCK for g in groups):
@@ -134,6 +143,9 @@ class ChannelGroupsLatentCodec(LatentCodec):
             if lrp:  # separable: narrower (hidden twice the group), to stay within 16 MiB
                 residuals.append(make_transform(inputs + g, 2 * g, g, group_transform))
         self.residuals = residuals if lrp else None
+        self.spatial = nn.ModuleList(
+            make_spatial(g, t) for g, t in zip(groups, self.transforms, strict=True)
+        ) if checkerboard else None
         for transform in self.integer_transforms:
             nn.init.zeros_(transform[-1].weight)
             nn.init.zeros_(transform[-1].bias)
@@ -142,9 +154,9 @@ class ChannelGroupsLatentCodec(LatentCodec):
 
     @property
     def integer_transforms(self) -> list[nn.Sequential]:
-        """Every network that runs in integer form while coding: the group transforms, then
-        LRP's. Their last layers start at zero."""
-        return [*self.transforms, *(self.residuals or ())]
+        """Every network that runs in integer form while coding: the group transforms, LRP's,
+        then the checkerboard's spatial context. Their last layers start at zero."""
+        return [*self.transforms, *(self.residuals or ()), *(self.spatial or ())]
 
     def _own(self, params: torch.Tensor, k: int, dim: int) -> torch.Tensor:
         """The hyperprior's parameters of group k."""
@@ -170,8 +182,11 @@ class ChannelGroupsLatentCodec(LatentCodec):
         likelihoods: dict[str, list[torch.Tensor]] = {}
         for k, (y_k, codec, transform) in enumerate(zip(y.split(self.groups, 1), self.codecs,
                                                         self.transforms, strict=True)):
-            correction = transform(torch.cat([params, *y_hats], 1)).float()
-            y_hat, lik = codec(y_k, self._own(params, k, 1) + correction)
+            context, own = torch.cat([params, *y_hats], 1), self._own(params, k, 1)
+            if self.spatial is None:
+                y_hat, lik = codec(y_k, own + transform(context).float())
+            else:
+                y_hat, lik = self._checkerboard_forward(k, y_k, own, context)
             if self.residuals is not None:
                 residual = self.residuals[k](torch.cat([params, *y_hats, y_hat], 1)).float()
                 y_hat = y_hat + residual.clamp(-LRP_BOUND, LRP_BOUND)
@@ -180,6 +195,25 @@ class ChannelGroupsLatentCodec(LatentCodec):
                 likelihoods.setdefault(key, []).append(value)
         return torch.cat(y_hats, 1), {k: torch.cat(v, 1) for k, v in likelihoods.items()}
 
+    def _checkerboard_forward(self, k: int, y: torch.Tensor, own: torch.Tensor,
+                              context: torch.Tensor
+                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Group k in two passes (CompressAI's "twopass"): the anchors under the channel
+        context, then the others with the spatial context of the anchors' training
+        reconstruction; each half through the inner codec alone."""
+        transform, codec = self.transforms[k], self.codecs[k]
+        board, cut = Checkerboard(*y.shape[-2:], y.device), first_activation(transform)
+        head, tail = transform[:cut], transform[cut:]
+        hidden = head(context)
+        y_anchors, y_others = board.split(y)
+        anchors, lik_anchors = codec(
+            y_anchors, board.split(own + tail(hidden.clone()).float())[0])  # tail is in place
+        spatial = self.spatial[k](board.anchor_map(anchors))
+        others, lik_others = codec(
+            y_others, board.split(own + tail(hidden + spatial).float())[1])
+        return board.merge(anchors, others), {
+            key: board.merge(lik_anchors[key], lik_others[key]) for key in lik_anchors}
+
     def code(self, params: torch.Tensor, enc: Encoder | None = None,
              dec: Decoder | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         y_groups = y.split(self.groups, 0) if y is not None else (None,) * len(self.groups)
@@ -187,15 +221,37 @@ class ChannelGroupsLatentCodec(LatentCodec):
         params = params.to(torch.float64)
         for k, (y_k, codec, transform) in enumerate(zip(y_groups, self.codecs, self.transforms,
                                                         strict=True)):
-            correction = latent_coding.integer_hyper_decode(
-                transform, self._context(params, y_hats))[0]
-            y_hat = codec.code(self._own(params, k, 0) + correction, enc=enc, dec=dec, y=y_k)
+            context, own = self._context(params, y_hats), self._own(params, k, 0)
+            if self.spatial is None:
+                correction = latent_coding.integer_hyper_decode(transform, context)[0]
+                y_hat = codec.code(own + correction, enc=enc, dec=dec, y=y_k)
+            else:
+                y_hat = self._code_checkerboard(k, own, context, enc, dec, y_k)
             if self.residuals is not None:
                 residual = latent_coding.integer_hyper_decode(
                     self.residuals[k], self._context(params, [*y_hats, y_hat]))[0]
                 y_hat = y_hat + residual.clamp(-LRP_BOUND, LRP_BOUND).to(y_hat.device)
             y_hats.append(y_hat)
         return torch.cat(y_hats, 0)
+
+    def _code_checkerboard(self, k: int, own: torch.Tensor, context: torch.Tensor,
+                           enc: Encoder | None, dec: Decoder | None, y: torch.Tensor | None
+                           ) -> torch.Tensor:
+        """Group k's anchors, then its other positions, into the same stream; every network
+        in integer form, the spatial context's input being the decoded anchors."""
+        transform, codec = self.transforms[k], self.codecs[k]
+        board, cut = Checkerboard(*own.shape[-2:], own.device), first_activation(transform)
+        hidden = latent_coding.integer_hyper_decode(transform[:cut], context)
+        y_anchors, y_others = board.split(y) if y is not None else (None, None)
+
+        def half(which: int, x: torch.Tensor, y_half: torch.Tensor | None) -> torch.Tensor:
+            correction = latent_coding.integer_hyper_decode(transform[cut:], x)[0]
+            return codec.code(board.split(own + correction)[which], enc=enc, dec=dec, y=y_half)
+
+        anchors = half(0, hidden, y_anchors)
+        spatial = latent_coding.integer_hyper_decode(
+            self.spatial[k], board.anchor_map(anchors.to(own.device))[None])
+        return board.merge(anchors, half(1, hidden + spatial, y_others).to(anchors.device))
 
     @staticmethod
     def _context(params: torch.Tensor, y_hats: Sequence[torch.Tensor]) -> torch.Tensor:
