@@ -608,3 +608,16 @@ def test_threads_sleep_while_waiting(env: dict[str, str], coded: dict, tmp_path:
                              capture_output=True, env=env, timeout=TIMEOUT).stdout.decode().strip()
     expected = [f"PASSIVE {default}", "PASSIVE 1", f"ACTIVE {default}"]
     assert [out.decode().strip() for out, _ in outs] == expected, [e for _, e in outs]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_torch_imports_with_the_collector_paused(enabled: bool) -> None:
+    """The coding commands import torch with the garbage collector paused and freeze what
+    the import made; the collector is left as it was (a caller may have disabled it)."""
+    code = ("import gc, sys\nfrom lsq.cli.coding import prepare_torch\n"
+            f"{'' if enabled else 'gc.disable()'}\n"
+            "assert 'torch' not in sys.modules and gc.get_freeze_count() == 0\n"
+            "prepare_torch('cpu', None)\n"
+            "print(gc.isenabled(), gc.get_freeze_count() > 100_000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
+    assert out.stdout.decode().split() == [str(enabled), "True"], out.stderr.decode()
