@@ -104,9 +104,17 @@ def test_spec_round_trips_through_a_weights_file(half: bool, tmp_path: Path) -> 
             assert torch.equal(value, original[key]), key
     coding = spec.build(for_coding=True)
     coding.load_state_dict(stored)
+    as_stored = weights_file.load_stored(path)  # what the registry loads: fp16 kept
+    assert {t.dtype for t in as_stored.values() if t.is_floating_point()} == (
+        {torch.float16, torch.float32} if half else {torch.float32})
+    registry_net = spec.load(as_stored, for_coding=True)
+    for key, value in registry_net.state_dict().items():
+        assert value.dtype == coding.state_dict()[key].dtype, key
+        assert torch.equal(value, coding.state_dict()[key]), key
     image = torch.rand(1, 3, 64, 64)
     strings = coding.compress(image, 3.5)["strings"]
     assert strings == rebuilt.compress(image, 3.5)["strings"]
+    assert strings == registry_net.compress(image, 3.5)["strings"]
     if not half:  # the same weights code the same bytes
         assert strings == model.compress(image, 3.5)["strings"]
 
