@@ -621,3 +621,42 @@ def test_torch_imports_with_the_collector_paused(enabled: bool) -> None:
             "print(gc.isenabled(), gc.get_freeze_count() > 100_000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
     assert out.stdout.decode().split() == [str(enabled), "True"], out.stderr.decode()
+
+
+def test_the_program_ends_without_the_interpreter_teardown(env: dict[str, str], coded: dict,
+                                                           tmp_path: Path) -> None:
+    """Run as the program once torch is loaded, `lsq` runs the atexit handlers, flushes what
+    it printed and exits with the command's code, but skips the interpreter's teardown (an
+    object that only the teardown frees is never freed); without torch, or called with
+    arguments, everything ends as usual."""
+    code = ("import atexit, os, sys\nclass Torn:\n    def __del__(self, write=os.write):\n"
+            "        write(1, b'torn down\\n')\n"
+            "atexit.register(lambda: setattr(sys, 'torn', Torn()))\n"
+            "atexit.register(print, 'atexit ran')\n"
+            "from lsq.cli.main import main\n"
+            "if sys.argv[1] == 'embedded':\n    try:\n        main(sys.argv[2:])\n"
+            "    except SystemExit as e:\n        print('returned', e.code)\nelse:\n    main()\n")
+    runs = {
+        "encoded": ["encode", coded["gray"]["src"], "-o", "-"],
+        "failed": ["encode", coded["gray"]["src"], "-o", tmp_path / "x.lsq", "--device", "cuda"],
+        "torchless": ["info", coded["gray"]["lsq"]],
+        "embedded": ["embedded", "decode", coded["gray"]["lsq"], "-o", tmp_path / "x.png"],
+    }
+    no_cuda = {**env, "CUDA_VISIBLE_DEVICES": ""}  # the error comes once torch is loaded
+    out = {name: subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                                capture_output=True, env=no_cuda, timeout=TIMEOUT)
+           for name, args in runs.items()}
+    encoded = out["encoded"]
+    assert encoded.returncode == 0, encoded.stderr.decode()
+    stream = coded["gray"]["lsq"].read_bytes()
+    assert encoded.stdout == stream + b"atexit ran\n"  # the whole stream, then the handler
+    assert encoded.stderr.decode().startswith("-: ")  # the report line, flushed
+    failed = out["failed"]
+    assert failed.returncode == 1 and failed.stdout == b"atexit ran\n"
+    assert "CUDA is not available" in failed.stderr.decode()
+    torchless = out["torchless"]
+    assert torchless.returncode == 0, torchless.stderr.decode()
+    assert torchless.stdout.decode().endswith("atexit ran\ntorn down\n")
+    embedded = out["embedded"]  # not the program: main raises SystemExit as click's does
+    assert embedded.returncode == 0, embedded.stderr.decode()
+    assert embedded.stdout.decode().endswith("returned 0\natexit ran\ntorn down\n")
