@@ -27,6 +27,7 @@ from lsq.cli import main as cli_main
 from lsq.models import weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ScalarLatentCodec
+from lsq.tools import bench_cli
 from lsq.tools.bench_cli import unwritable_folder
 
 TIMEOUT = 120
@@ -660,3 +661,15 @@ def test_the_program_ends_without_the_interpreter_teardown(env: dict[str, str], 
     embedded = out["embedded"]  # not the program: main raises SystemExit as click's does
     assert embedded.returncode == 0, embedded.stderr.decode()
     assert embedded.stdout.decode().endswith("returned 0\natexit ran\ntorn down\n")
+
+
+
+def test_bench_cli_times_the_coding_in_process(env: dict[str, str], coded: dict,
+                                               tmp_path: Path) -> None:
+    """What bench_cli subtracts: encode and decode of the image with the model loaded,
+    through a stream that decodes to the image's size."""
+    seconds = bench_cli.in_process(Path(coded["gray"]["src"]), tmp_path, 1, env)
+    assert sorted(seconds) == ["decode", "encode"] and min(seconds.values()) > 0
+    result = lsq(env, "decode", tmp_path / "in-process.lsq", "-o", tmp_path / "back.png")
+    assert result.returncode == 0, result.stderr.decode()
+    assert Image.open(tmp_path / "back.png").size == (33, 17)
