@@ -673,3 +673,18 @@ def test_bench_cli_times_the_coding_in_process(env: dict[str, str], coded: dict,
     result = lsq(env, "decode", tmp_path / "in-process.lsq", "-o", tmp_path / "back.png")
     assert result.returncode == 0, result.stderr.decode()
     assert Image.open(tmp_path / "back.png").size == (33, 17)
+
+
+def test_output_format_imports_other_plugins_only_when_needed() -> None:
+    """.png and .jpg are known without importing all of Pillow's plugins; .webp, .tif and
+    unknown extensions still find (or refuse) their format."""
+    code = ("import sys\nfrom lsq.cli.coding import output_format\n"
+            "print(output_format('a.png'), output_format('a.JPG'), "
+            "'PIL.TiffImagePlugin' in sys.modules)\n"
+            "print(output_format('a.webp'), output_format('a.tif'))\n"
+            "try:\n    output_format('a.xyz')\nexcept Exception as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.stdout.splitlines() == [
+        "PNG JPEG False", "WEBP TIFF",
+        "a.xyz: unknown output format .xyz; use .png, .webp, .jpg..."], out.stderr
