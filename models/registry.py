@@ -338,11 +338,10 @@ def _load(path: Path, mtime_ns: int, device: str) -> torch.nn.Module:
 
     config = _read_config(path)
     try:
-        net = ModelSpec.from_weights_config(config).build(for_coding=True)
-        state = weights_file.load_state(path)
+        spec = ModelSpec.from_weights_config(config)
         # Entropy tables are buffers of the state dict: never call update() here, it would
         # rebuild them from floats and break bit-exact decoding across machines.
-        net.load_state_dict(state)
+        net = spec.load(weights_file.load_stored(path), for_coding=True)
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise RegistryError(f"{path}: weights do not fit the model of its config ({e})") from None
     return net.to(device).eval()

@@ -18,7 +18,7 @@ import dataclasses
 import inspect
 import math
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from types import MappingProxyType, NoneType, UnionType
 from typing import Any
 
@@ -259,6 +259,47 @@ class ModelSpec:
             return LsqHyperprior(self, for_coding=for_coding)
         except ValueError as e:
             raise SpecError("codec_options", str(e)) from None
+
+    def load(self, state: Mapping[str, torch.Tensor], for_coding: bool = False
+             ) -> torch.nn.Module:
+        """The model holding ``state`` (strictly: every parameter and persistent buffer),
+        built without the random initialisation that ``state`` replaces: drawing it is most
+        of the time a build takes. RuntimeError if a randomly initialised tensor is not one
+        that ``state`` sets."""
+        with _SkipRandomInit() as skipping:
+            net = self.build(for_coding=for_coding)
+        net.load_state_dict(state)
+        loaded = {t.untyped_storage().data_ptr() for t in net.state_dict().values()}
+        unset = [tuple(t.shape) for t in skipping.tensors
+                 if t.untyped_storage().data_ptr() not in loaded]
+        if unset:
+            raise RuntimeError(f"tensors of shapes {unset} are random and not in the state")
+        return net
+
+
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Leaves the tensors that initialisers would fill with random values as allocated, and
+    collects them (the caller overwrites them all)."""
+
+    RANDOM = frozenset({
+        torch.Tensor.uniform_, torch.Tensor.normal_, torch.nn.init.uniform_,
+        torch.nn.init.normal_, torch.nn.init.trunc_normal_, torch.nn.init.kaiming_uniform_,
+        torch.nn.init.kaiming_normal_, torch.nn.init.xavier_uniform_,
+        torch.nn.init.xavier_normal_, torch.nn.init.orthogonal_,
+    })
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: list[torch.Tensor] = []
+
+    def __torch_function__(self, func: Callable, types: Collection[type],
+                           args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self.RANDOM:  # nn.init passes the tensor by keyword, Tensor methods first
+            tensor = args[0] if args else kwargs["tensor"]
+            self.tensors.append(tensor)
+            return tensor
+        return func(*args, **kwargs)
 
 
 _FULL = {"group_transform": "full"}

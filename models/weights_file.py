@@ -77,11 +77,16 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors, floats cast to float32."""
+def load_stored(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors as stored (fp16 where the file holds fp16): loading them into a model's
+    float32 parameters converts them as it copies, with no float32 copy in between."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: (t.float() if t.is_floating_point() else t)
-                    for k in f.keys() for t in (f.get_tensor(k),)}
+            return {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise WeightsFileError(f"cannot read weights {path}: {e}") from None
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors, floats cast to float32."""
+    return {k: t.float() if t.is_floating_point() else t for k, t in load_stored(path).items()}

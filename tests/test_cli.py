@@ -27,6 +27,7 @@ from lsq.cli import main as cli_main
 from lsq.models import weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ScalarLatentCodec
+from lsq.tools import bench_cli
 from lsq.tools.bench_cli import unwritable_folder
 
 TIMEOUT = 120
@@ -608,3 +609,82 @@ def test_threads_sleep_while_waiting(env: dict[str, str], coded: dict, tmp_path:
                              capture_output=True, env=env, timeout=TIMEOUT).stdout.decode().strip()
     expected = [f"PASSIVE {default}", "PASSIVE 1", f"ACTIVE {default}"]
     assert [out.decode().strip() for out, _ in outs] == expected, [e for _, e in outs]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_torch_imports_with_the_collector_paused(enabled: bool) -> None:
+    """The coding commands import torch with the garbage collector paused and freeze what
+    the import made; the collector is left as it was (a caller may have disabled it)."""
+    code = ("import gc, sys\nfrom lsq.cli.coding import prepare_torch\n"
+            f"{'' if enabled else 'gc.disable()'}\n"
+            "assert 'torch' not in sys.modules and gc.get_freeze_count() == 0\n"
+            "prepare_torch('cpu', None)\n"
+            "print(gc.isenabled(), gc.get_freeze_count() > 100_000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
+    assert out.stdout.decode().split() == [str(enabled), "True"], out.stderr.decode()
+
+
+def test_the_program_ends_without_the_interpreter_teardown(env: dict[str, str], coded: dict,
+                                                           tmp_path: Path) -> None:
+    """Run as the program once torch is loaded, `lsq` runs the atexit handlers, flushes what
+    it printed and exits with the command's code, but skips the interpreter's teardown (an
+    object that only the teardown frees is never freed); without torch, or called with
+    arguments, everything ends as usual."""
+    code = ("import atexit, os, sys\nclass Torn:\n    def __del__(self, write=os.write):\n"
+            "        write(1, b'torn down\\n')\n"
+            "atexit.register(lambda: setattr(sys, 'torn', Torn()))\n"
+            "atexit.register(print, 'atexit ran')\n"
+            "from lsq.cli.main import main\n"
+            "if sys.argv[1] == 'embedded':\n    try:\n        main(sys.argv[2:])\n"
+            "    except SystemExit as e:\n        print('returned', e.code)\nelse:\n    main()\n")
+    runs = {
+        "encoded": ["encode", coded["gray"]["src"], "-o", "-"],
+        "failed": ["encode", coded["gray"]["src"], "-o", tmp_path / "x.lsq", "--device", "cuda"],
+        "torchless": ["info", coded["gray"]["lsq"]],
+        "embedded": ["embedded", "decode", coded["gray"]["lsq"], "-o", tmp_path / "x.png"],
+    }
+    no_cuda = {**env, "CUDA_VISIBLE_DEVICES": ""}  # the error comes once torch is loaded
+    out = {name: subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                                capture_output=True, env=no_cuda, timeout=TIMEOUT)
+           for name, args in runs.items()}
+    encoded = out["encoded"]
+    assert encoded.returncode == 0, encoded.stderr.decode()
+    stream = coded["gray"]["lsq"].read_bytes()
+    assert encoded.stdout == stream + b"atexit ran\n"  # the whole stream, then the handler
+    assert encoded.stderr.decode().startswith("-: ")  # the report line, flushed
+    failed = out["failed"]
+    assert failed.returncode == 1 and failed.stdout == b"atexit ran\n"
+    assert "CUDA is not available" in failed.stderr.decode()
+    torchless = out["torchless"]
+    assert torchless.returncode == 0, torchless.stderr.decode()
+    assert torchless.stdout.decode().endswith("atexit ran\ntorn down\n")
+    embedded = out["embedded"]  # not the program: main raises SystemExit as click's does
+    assert embedded.returncode == 0, embedded.stderr.decode()
+    assert embedded.stdout.decode().endswith("returned 0\natexit ran\ntorn down\n")
+
+
+
+def test_bench_cli_times_the_coding_in_process(env: dict[str, str], coded: dict,
+                                               tmp_path: Path) -> None:
+    """What bench_cli subtracts: encode and decode of the image with the model loaded,
+    through a stream that decodes to the image's size."""
+    seconds = bench_cli.in_process(Path(coded["gray"]["src"]), tmp_path, 1, env)
+    assert sorted(seconds) == ["decode", "encode"] and min(seconds.values()) > 0
+    result = lsq(env, "decode", tmp_path / "in-process.lsq", "-o", tmp_path / "back.png")
+    assert result.returncode == 0, result.stderr.decode()
+    assert Image.open(tmp_path / "back.png").size == (33, 17)
+
+
+def test_output_format_imports_other_plugins_only_when_needed() -> None:
+    """.png and .jpg are known without importing all of Pillow's plugins; .webp, .tif and
+    unknown extensions still find (or refuse) their format."""
+    code = ("import sys\nfrom lsq.cli.coding import output_format\n"
+            "print(output_format('a.png'), output_format('a.JPG'), "
+            "'PIL.TiffImagePlugin' in sys.modules)\n"
+            "print(output_format('a.webp'), output_format('a.tif'))\n"
+            "try:\n    output_format('a.xyz')\nexcept Exception as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.stdout.splitlines() == [
+        "PNG JPEG False", "WEBP TIFF",
+        "a.xyz: unknown output format .xyz; use .png, .webp, .jpg..."], out.stderr

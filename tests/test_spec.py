@@ -104,9 +104,17 @@ def test_spec_round_trips_through_a_weights_file(half: bool, tmp_path: Path) -> 
             assert torch.equal(value, original[key]), key
     coding = spec.build(for_coding=True)
     coding.load_state_dict(stored)
+    as_stored = weights_file.load_stored(path)  # what the registry loads: fp16 kept
+    assert {t.dtype for t in as_stored.values() if t.is_floating_point()} == (
+        {torch.float16, torch.float32} if half else {torch.float32})
+    registry_net = spec.load(as_stored, for_coding=True)
+    for key, value in registry_net.state_dict().items():
+        assert value.dtype == coding.state_dict()[key].dtype, key
+        assert torch.equal(value, coding.state_dict()[key]), key
     image = torch.rand(1, 3, 64, 64)
     strings = coding.compress(image, 3.5)["strings"]
     assert strings == rebuilt.compress(image, 3.5)["strings"]
+    assert strings == registry_net.compress(image, 3.5)["strings"]
     if not half:  # the same weights code the same bytes
         assert strings == model.compress(image, 3.5)["strings"]
 
@@ -165,6 +173,45 @@ def test_every_preset_builds_and_round_trips(name: str) -> None:
     assert model.spec is spec and (model.N, model.M) == (spec.N, spec.M)
     assert (model.gains.low, model.gains.high) == spec.qualities
     assert model.h_s[-1].out_channels == model.latent_codec.hyper_channels
+
+
+def test_load_is_build_then_load_state_dict_without_drawing_random_values() -> None:
+    """``load`` gives the model that ``build`` and ``load_state_dict`` give (the same
+    tensors, the same streams) without drawing from torch's random generator."""
+    source = TINY.build()
+    source.update(force=True)
+    state = source.state_dict()
+    reference = TINY.build(for_coding=True)
+    reference.load_state_dict(state)
+    generator = torch.manual_seed(7)
+    loaded = TINY.load(state, for_coding=True)
+    after = torch.rand(8)
+    generator.manual_seed(7)
+    assert torch.equal(after, torch.rand(8))
+    want, got = reference.state_dict(), loaded.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(a, b) for a, b in zip(reference.buffers(), loaded.buffers(),
+                                                 strict=True))  # non-persistent ones too
+    x = torch.rand(1, 3, 64, 64)
+    assert loaded.compress(x, 3.5)["strings"] == reference.compress(x, 3.5)["strings"]
+
+
+def test_load_refuses_a_state_that_leaves_random_tensors_unset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    state = TINY.build().state_dict()
+    with pytest.raises(RuntimeError, match="Missing key"):
+        TINY.load({k: v for k, v in state.items() if k != "g_a.0.weight"})
+    from lsq.models.hyperprior import LsqHyperprior
+
+    built = LsqHyperprior.__init__
+
+    def with_noise(self: LsqHyperprior, *args, **kwargs) -> None:
+        built(self, *args, **kwargs)
+        self.register_buffer("noise", torch.empty(5).normal_(), persistent=False)
+
+    monkeypatch.setattr(LsqHyperprior, "__init__", with_noise)
+    with pytest.raises(RuntimeError, match=r"tensors of shapes \[\(5,\)\] are random"):
+        TINY.load(state)
 
 
 def test_bsq_presets_are_the_shipped_curve_under_both_names() -> None:
