@@ -76,8 +76,8 @@ class LeechLatentCodec(LatentCodec):
             step = torch.tensor(LEECH_UNIT_STEP, dtype=scales.dtype, device=scales.device)
             return step.expand(shape)
         key = scales.mean(-1, keepdim=True) if self.compand == "block" else scales
-        bucket = torch.bucketize(
-            key.contiguous(), torch.tensor(COMPAND_BOUNDS, dtype=key.dtype, device=key.device), right=True)
+        bounds = torch.tensor(COMPAND_BOUNDS, dtype=key.dtype, device=key.device)
+        bucket = torch.bucketize(key.contiguous(), bounds, right=True)
         factor = (1 + self.compand_offsets).clamp(*COMPAND_RANGE)
         if coding:
             factor = torch.round(factor.detach().cpu().double() * COMPAND_GRID) / COMPAND_GRID
