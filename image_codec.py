@@ -18,13 +18,13 @@ Size: any image from 1x1 to 65535 per side. The image, padded to a multiple of 6
 replicating its edge, is cut into tiles of `tile` pixels (default 1024, so Kodak-sized
 images are one tile), each coded with its own y and z sections. Without seams (format
 version 3): a tile's latent y is the analysis of the tile plus HALO latents (32 pixels) of
-its neighbours, cropped, and the decoder synthesizes a tile from its latent plus HALO
-latents of its neighbours' and crops: HALO covers the reach of g_a and g_s (1.875
-latents), so the pixels are those of the whole image coded at once, up to float64
-rounding. Analysis and synthesis run in bands of rows (``LsqHyperprior.analyze`` and
-``synthesize``) and the decoder holds the latents of two tile rows, so memory grows with
-the tile width and the image width, not with the image height. Version 2 streams
-synthesized each tile on its own; they still decode exactly as they did.
+its neighbours, cropped (HALO covers the reach of g_a), and the decoder joins the tiles'
+latents and synthesizes the whole image at once, streamed a few latent rows at a time
+(``lsq.models.synthesis``): the pixels are those of the whole image's latent, whatever the
+tile grid. Analysis runs in bands of rows (``LsqHyperprior.analyze``) and the decoder holds
+the latents of one tile row, so memory grows with the tile width and the image width, not
+with the image height. Version 2 streams synthesized each tile on its own; they still
+decode as they did.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from lsq.models import registry
 
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
 Y_STRIDE = 16  # pixels per position of the latent y
-HALO = 2  # latents of neighbouring tiles that a tile's analysis and synthesis see
-SYNTHESIS_BAND = 64  # pixel rows synthesized at a time (fixed: part of the format)
+HALO = 2  # latents of neighbouring tiles that a tile's analysis sees
+SYNTHESIS_POSITIONS = 512  # latent positions synthesized at a time (bounds decoder memory)
 ANALYSIS_BAND = 16  # latent rows analysed at a time (bounds the encoder's memory)
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
@@ -342,38 +342,31 @@ def _tile_latent(net: torch.nn.Module, header: Header, sections: list[bytes],
 
 def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
                   rgb: np.ndarray, on_tile: TileCallback | None) -> None:
-    """Version 3: each tile synthesized from its latent and HALO latents of its neighbours'
-    (decoded a tile row ahead), then cropped: no seams."""
+    """Version 3: the latents of each tile row joined across the image's width and streamed
+    through one synthesis of the whole image, a few latent rows at a time: no seams, and
+    each output value is the one a single synthesis of all latents gives."""
     cols, rows = header.grid
-    step = header.tile // Y_STRIDE
-    height, width = (_padded(n) // Y_STRIDE for n in (header.height, header.width))
-    latents: dict[tuple[int, int], torch.Tensor] = {}
-    for r in range(rows):
-        for rr in (r, r + 1):
-            for c in range(cols):
-                if rr < rows and (rr, c) not in latents:
-                    latents[rr, c] = _tile_latent(net, header, sections, rr * cols + c)
-        for c in range(cols):
-            i, x0, y0 = r * cols + c, c * header.tile, r * header.tile
-            tw, th = min(header.tile, header.width - x0), min(header.tile, header.height - y0)
-            top, left = max(r * step - HALO, 0), max(c * step - HALO, 0)
-            bottom = min(r * step + latents[r, c].shape[1] + HALO, height)
-            right = min(c * step + latents[r, c].shape[2] + HALO, width)
-            y_hat = torch.empty((net.M, bottom - top, right - left), dtype=torch.float64)
-            for (rr, cc), lat in latents.items():
-                a, b = max(top, rr * step), min(bottom, rr * step + lat.shape[1])
-                e, f = max(left, cc * step), min(right, cc * step + lat.shape[2])
-                if a < b and e < f:
-                    y_hat[:, a - top : b - top, e - left : f - left] = (
-                        lat[:, a - rr * step : b - rr * step, e - cc * step : f - cc * step])
-            x_hat = net.synthesize(y_hat[None], band=SYNTHESIS_BAND)[0]
-            dy, dx = (r * step - top) * Y_STRIDE, (c * step - left) * Y_STRIDE
-            block = x_hat[:, dy : dy + th, dx : dx + tw].clamp(0, 1).mul(255).round()
-            rgb[y0 : y0 + th, x0 : x0 + tw] = block.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    chunk = max(1, SYNTHESIS_POSITIONS // (_padded(header.width) // Y_STRIDE))
+
+    def latent_rows():
+        for r in range(rows):
+            row = torch.cat([_tile_latent(net, header, sections, r * cols + c)
+                             for c in range(cols)], dim=2)
+            for lo in range(0, row.shape[1], chunk):
+                yield row[:, lo : lo + chunk]
+
+    done, reported = 0, 0
+    for block in net.synthesis().rows(latent_rows()):
+        n = min(block.shape[1], header.height - done)
+        if n > 0:
+            pixels = block[:, :n, : header.width].clamp(0, 1).mul(255).round()
+            rgb[done : done + n] = pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            done += n
+        while reported < rows and done >= min((reported + 1) * header.tile, header.height):
+            reported += 1
             if on_tile is not None:
-                on_tile(i + 1, len(header.latent_shapes))
-        for c in range(cols):
-            latents.pop((r - 1, c), None)
+                for i in range((reported - 1) * cols, reported * cols):
+                    on_tile(i + 1, len(header.latent_shapes))
 
 
 def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes],
