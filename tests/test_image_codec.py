@@ -276,6 +276,20 @@ def test_version_2_stream_decodes_as_before(monkeypatch: pytest.MonkeyPatch) -> 
         "274662e483c425de33c16493e613b1e9d6a5de64ab6e8aefafdbf5e3d1dc4b61")
 
 
+def test_version_3_stream_decodes_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version-3 stream (per-tile z, tiles joined through their latents) made by the
+    version-3 encoder with `leech` version 1, tile 64, from a crop of kodim23: the same
+    pixels as the version-3 decoder (tiles synthesized with a border of latents) gave."""
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
+    data = (TESTS / "data" / "v3-leech-tile64.lsq").read_bytes()
+    header = unpack(data)[0]
+    assert (header.version, header.model_version, header.grid) == (3, 1, (2, 2))
+    img = image_codec.decode_image(data)
+    assert img.size == (128, 96)
+    assert hashlib.sha256(img.tobytes()).hexdigest() == (
+        "89350c7c6b459b2d5dc3bbcb7084d604d13020b6913dfd15c8f072da80780116")
+
+
 def test_tiles_decode_as_one_synthesis_of_all_latents() -> None:
     """Version 3: joining tiles through their latents' borders gives the pixels that one
     synthesis of the whole latent gives, whatever the tile grid."""
