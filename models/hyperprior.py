@@ -127,16 +127,48 @@ class LsqHyperprior(nn.Module):
     def compress_latent(self, y: torch.Tensor, quality: float) -> dict:
         """:meth:`compress` from the analysis output y = g_a(x) (B, M, h, w), which a tiled
         encoder computes with a border of neighbouring pixels and crops."""
-        q = self.gains.check(quality)
-        y = y * self.gains.coding(q).to(y.device, torch.float32)
+        y = y * self.gain(quality).to(y.device, torch.float32)
         z = self.h_a(y)
         y_strings, z_strings = [], []
         for yi, zi in zip(y, z, strict=True):
-            z_string, z_hat = latent_coding.encode_z(self.entropy_bottleneck, zi)
-            params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
-            y_strings.append(self.latent_codec.compress(yi, params))
+            z_string, z_hat = self.compress_hyper(zi)
+            y_strings.append(self.compress_y(yi, self.hyper_params(z_hat)))
             z_strings.append(z_string)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    def gain(self, quality: float) -> torch.Tensor:
+        """The gains (M, 1, 1) that scale g_a's output at this quality, float64 on the CPU."""
+        return self.gains.coding(self.gains.check(quality))
+
+    @torch.no_grad()
+    def compress_hyper(self, z: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+        """Code the hyper-latent z = h_a(y) (N, h, w): (bytes, z_hat)."""
+        return latent_coding.encode_z(self.entropy_bottleneck, z)
+
+    @torch.no_grad()
+    def decompress_hyper(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
+        """z_hat (N, h, w) from the bytes of :meth:`compress_hyper`."""
+        device = next(self.parameters()).device
+        return latent_coding.decode_z(self.entropy_bottleneck, data, (self.N, *shape), device)
+
+    @torch.no_grad()
+    def hyper_params(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """The latent codec's parameters (C, 4 h, 4 w) from z_hat (N, h, w), in exact fixed
+        point: the same on any machine, and at a position the same for any crop of z_hat
+        that holds 2 positions of it either side."""
+        return latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
+
+    @torch.no_grad()
+    def compress_y(self, y: torch.Tensor, params: torch.Tensor) -> bytes:
+        """Code the scaled latent y (M, h, w) under its parameters (:meth:`hyper_params`)."""
+        return self.latent_codec.compress(y, params)
+
+    @torch.no_grad()
+    def decompress_y(self, data: bytes, params: torch.Tensor, quality: float) -> torch.Tensor:
+        """y_hat (M, h, w), float64 on the CPU, inverse gain applied, from the bytes of
+        :meth:`compress_y` and the same parameters."""
+        inv_gain = self.gains.coding(self.gains.check(quality), inverse=True)
+        return self.latent_codec.decompress(data, params) * inv_gain
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int],
@@ -168,15 +200,9 @@ class LsqHyperprior(nn.Module):
                            quality: float) -> list[torch.Tensor]:
         """The decoded latents y_hat (float64 on the CPU, one per image, inverse gain applied):
         what must agree bit for bit wherever a stream is decoded, before the synthesis."""
-        device = next(self.parameters()).device
-        inv_gain = self.gains.coding(self.gains.check(quality), inverse=True)
-        y_hats = []
-        for y_string, z_string in zip(*strings, strict=True):
-            z_hat = latent_coding.decode_z(self.entropy_bottleneck, z_string,
-                                           (self.N, *shape), device)
-            params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
-            y_hats.append(self.latent_codec.decompress(y_string, params) * inv_gain)
-        return y_hats
+        return [self.decompress_y(y_string, self.hyper_params(
+                    self.decompress_hyper(z_string, shape)), quality)
+                for y_string, z_string in zip(*strings, strict=True)]
 
 
 def _output_rows(layers: list[nn.Module], x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

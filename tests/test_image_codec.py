@@ -295,9 +295,10 @@ def test_tiles_decode_as_one_synthesis_of_all_latents() -> None:
     synthesis of the whole latent gives, whatever the tile grid."""
     data = image_codec.encode_image_report(noise("RGB", (150, 100)), tile=64)[0]
     header, sections = unpack(data)
-    assert header.version == 3 and header.grid == (3, 2)
+    assert header.version == 4 and header.grid == (3, 2)
     net = registry.load(header.model)
-    latents = [image_codec._tile_latent(net, header, sections, i) for i in range(6)]
+    z_hat = image_codec._joined_z(net, header, sections)
+    latents = [image_codec._tile_latent(net, header, sections, i, z_hat) for i in range(6)]
     rows = [torch.cat(latents[3 * r : 3 * r + 3], dim=2) for r in range(2)]
     whole = net.synthesize(torch.cat(rows, dim=1)[None])[0, :, :100, :150]
     expected = whole.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
