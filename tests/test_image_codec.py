@@ -27,9 +27,11 @@ from lsq.codec.bitstream import (
     pack,
     unpack,
 )
+from lsq.eval.metrics import psnr
 from lsq.models import registry, weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ScalarLatentCodec
+from lsq.tools.bench_codec import seam_psnr
 
 TESTS = Path(__file__).resolve().parent
 REPO_WEIGHTS = TESTS.parent / "models" / "weights"  # every model, shipped in the wheel or not
@@ -305,18 +307,6 @@ def test_tiles_decode_as_one_synthesis_of_all_latents() -> None:
     assert np.array_equal(np.asarray(image_codec.decode_image(data)), expected)
 
 
-def seam_psnr(original: np.ndarray, decoded: np.ndarray, tile: int) -> tuple[float, float]:
-    """(PSNR of the whole image, PSNR of the 2-pixel bands either side of tile borders)."""
-    h, w = original.shape[:2]
-    seams = np.zeros((h, w), bool)
-    for b in range(tile, w, tile):
-        seams[:, b - 2 : b + 2] = True
-    for b in range(tile, h, tile):
-        seams[b - 2 : b + 2, :] = True
-    err = (original.astype(np.float64) - decoded) ** 2
-    return tuple(10 * np.log10(255**2 / e.mean()) for e in (err, err[seams]))
-
-
 @pytest.mark.parametrize("model", ["leech", "leech-hybrid-cgf"])
 def test_no_seams_at_tile_borders(kodak: Path, monkeypatch: pytest.MonkeyPatch,
                                   model: str) -> None:
@@ -330,7 +320,8 @@ def test_no_seams_at_tile_borders(kodak: Path, monkeypatch: pytest.MonkeyPatch,
     for tile in (64, 256):
         data = image_codec.encode_image_report(img, model=model, tile=tile)[0]
         assert unpack(data)[0].grid == (256 // tile,) * 2
-        psnrs.append(seam_psnr(np.asarray(img), np.asarray(image_codec.decode_image(data)), 64))
+        decoded = np.asarray(image_codec.decode_image(data))
+        psnrs.append((psnr(np.asarray(img), decoded), seam_psnr(np.asarray(img), decoded, 64)))
     (whole, seams), (whole_one_tile, seams_one_tile) = psnrs
     assert whole > 30 and seams > whole - 0.5, (whole, seams)
     assert abs(whole - whole_one_tile) < 0.1 and seams > seams_one_tile - 0.1, psnrs
