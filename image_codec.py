@@ -18,13 +18,13 @@ Size: any image from 1x1 to 65535 per side. The image, padded to a multiple of 6
 replicating its edge, is cut into tiles of `tile` pixels (default 1024, so Kodak-sized
 images are one tile), each coded with its own y and z sections. Without seams (format
 version 3): a tile's latent y is the analysis of the tile plus HALO latents (32 pixels) of
-its neighbours, cropped, and the decoder synthesizes a tile from its latent plus HALO
-latents of its neighbours' and crops: HALO covers the reach of g_a and g_s (1.875
-latents), so the pixels are those of the whole image coded at once, up to float64
-rounding. Analysis and synthesis run in bands of rows (``LsqHyperprior.analyze`` and
-``synthesize``) and the decoder holds the latents of two tile rows, so memory grows with
-the tile width and the image width, not with the image height. Version 2 streams
-synthesized each tile on its own; they still decode exactly as they did.
+its neighbours, cropped (HALO covers the reach of g_a), and the decoder joins the tiles'
+latents and synthesizes the whole image at once, streamed a few latent rows at a time
+(``lsq.models.synthesis``): the pixels are those of the whole image's latent, whatever the
+tile grid. Analysis runs in bands of rows (``LsqHyperprior.analyze``) and the decoder holds
+the latents of one tile row, so memory grows with the tile width and the image width, not
+with the image height. Version 2 streams synthesized each tile on its own; they still
+decode as they did.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ from lsq.models import registry
 
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
 Y_STRIDE = 16  # pixels per position of the latent y
-HALO = 2  # latents of neighbouring tiles that a tile's analysis and synthesis see
-SYNTHESIS_BAND = 64  # pixel rows synthesized at a time (fixed: part of the format)
+HALO = 2  # latents of neighbouring tiles that a tile's analysis sees
+Z_HALO = 2  # z positions of neighbouring tiles that a tile's h_a and h_s see
+SYNTHESIS_POSITIONS = 256  # latent positions synthesized at a time (bounds decoder memory)
 ANALYSIS_BAND = 16  # latent rows analysed at a time (bounds the encoder's memory)
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
@@ -236,19 +237,8 @@ def encode_image_report(
     net = registry.load(name, str(dev))
     q = net.gains.check(registry.pick_quality(config, quality))
     digest = registry.weights_hash(name)
-    sections: list[bytes] = []
-    shapes: list[tuple[int, ...]] = []
     with torch.inference_mode():
-        for _, x0, y0, tw, th in _tiles(width, height, tile):
-            out = net.compress_latent(_analysis(net, rgb, x0, y0, tw, th, dev), q)
-            y_strings, z_strings = out["strings"]
-            shape = tuple(int(d) for d in out["shape"])
-            if shape != _latent_shape(tw, th) or len(y_strings) != 1 or len(z_strings) != 1:
-                raise RuntimeError(f"model returned latent shape {shape}, unexpected")
-            sections += [y_strings[0], z_strings[0]]
-            shapes.append(shape)
-            if on_tile is not None:
-                on_tile(len(shapes), _tile_count(width, height, tile))
+        sections, shapes = _encode_tiles(net, rgb, q, tile, dev, on_tile)
     if alpha is not None:
         sections.append(zlib.compress(alpha.tobytes(), 9))
     header = Header(
@@ -275,6 +265,66 @@ def encode_image_report(
         notes=notes,
     )
     return data, report
+
+
+def _window(r0: int, r1: int, c0: int, c1: int, halo: int,
+            rows: int, cols: int) -> tuple[int, int, int, int]:
+    """Rows r0..r1 and columns c0..c1 grown by ``halo`` either side, within rows x cols."""
+    return max(r0 - halo, 0), min(r1 + halo, rows), max(c0 - halo, 0), min(c1 + halo, cols)
+
+
+def _tile_params(net: torch.nn.Module, z_hat: torch.Tensor, r0: int, r1: int, c0: int,
+                 c1: int) -> torch.Tensor:
+    """The latent codec's parameters of the tile whose z is z_hat[:, r0:r1, c0:c1], from the
+    whole image's z_hat with Z_HALO positions of the neighbours' (as one hyper-decoding of
+    the whole z gives them)."""
+    a, b, c, d = _window(r0, r1, c0, c1, Z_HALO, *z_hat.shape[1:])
+    params = net.hyper_params(z_hat[:, a:b, c:d])
+    k = LATENT_STRIDE // Y_STRIDE
+    return params[:, k * (r0 - a) : k * (r1 - a), k * (c0 - c) : k * (c1 - c)]
+
+
+def _encode_tiles(net: torch.nn.Module, rgb: np.ndarray, q: float, tile: int,
+                  dev: torch.device, on_tile: TileCallback | None
+                  ) -> tuple[list[bytes], list[tuple[int, ...]]]:
+    """Version 4: the y and z sections of every tile, and its z shape. The whole image's
+    scaled latent y is kept (M x 1/256 of the pixels); each tile's z is h_a of its y plus
+    Z_HALO z positions of the neighbours' y, cropped, and its y is coded under the
+    parameters of the joined z_hat (``_tile_params``), as the decoder will make them."""
+    height, width = rgb.shape[:2]
+    k = LATENT_STRIDE // Y_STRIDE
+    rows, cols = _padded(height) // Y_STRIDE, _padded(width) // Y_STRIDE
+    tiles = list(_tiles(width, height, tile))
+    gain = net.gain(q).to(dev, torch.float32)
+    y = torch.empty((net.M, rows, cols), device=dev)
+    for _, x0, y0, tw, th in tiles:
+        part = _analysis(net, rgb, x0, y0, tw, th, dev)[0] * gain
+        y[:, y0 // Y_STRIDE : y0 // Y_STRIDE + part.shape[1],
+          x0 // Y_STRIDE : x0 // Y_STRIDE + part.shape[2]] = part
+    z_hat: torch.Tensor | None = None
+    z_strings, shapes = [], []
+    for _, x0, y0, tw, th in tiles:
+        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+        r1, c1 = r0 + _padded(th) // LATENT_STRIDE, c0 + _padded(tw) // LATENT_STRIDE
+        a, b, c, d = _window(r0, r1, c0, c1, Z_HALO, rows // k, cols // k)
+        z = net.h_a(y[None, :, k * a : k * b, k * c : k * d])[0, :, r0 - a : r1 - a,
+                                                               c0 - c : c1 - c]
+        z_string, part = net.compress_hyper(z)
+        if z_hat is None:
+            z_hat = part.new_empty((part.shape[0], rows // k, cols // k))
+        z_hat[:, r0:r1, c0:c1] = part
+        z_strings.append(z_string)
+        shapes.append(tuple(int(n) for n in part.shape[1:]))
+    sections: list[bytes] = []
+    for (i, x0, y0, _, _), shape in zip(tiles, shapes, strict=True):
+        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+        r1, c1 = r0 + shape[0], c0 + shape[1]
+        params = _tile_params(net, z_hat, r0, r1, c0, c1)
+        sections += [net.compress_y(y[:, k * r0 : k * r1, k * c0 : k * c1], params),
+                     z_strings[i]]
+        if on_tile is not None:
+            on_tile(i + 1, len(tiles))
+    return sections, shapes
 
 
 def _edge_crop(rgb: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -322,13 +372,21 @@ def _decode_alpha(section: bytes, width: int, height: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(height, width)
 
 
-def _tile_latent(net: torch.nn.Module, header: Header, sections: list[bytes],
-                 i: int) -> torch.Tensor:
-    """The decoded latent y_hat (M, h, w) of tile i, float64 on the CPU."""
+def _tile_latent(net: torch.nn.Module, header: Header, sections: list[bytes], i: int,
+                 z_hat: torch.Tensor | None) -> torch.Tensor:
+    """The decoded latent y_hat (M, h, w) of tile i, float64 on the CPU: under the
+    parameters of the joined z_hat (version 4) or of the tile's own z (version 3)."""
     shape = header.latent_shapes[i]
-    strings = [[sections[2 * i]], [sections[2 * i + 1]]]
     try:
-        y_hat = net.decompress_latents(strings, shape, header.quality)[0]
+        if z_hat is None:
+            strings = [[sections[2 * i]], [sections[2 * i + 1]]]
+            y_hat = net.decompress_latents(strings, shape, header.quality)[0]
+        else:
+            cols = header.grid[0]
+            r0 = i // cols * header.tile // LATENT_STRIDE
+            c0 = i % cols * header.tile // LATENT_STRIDE
+            params = _tile_params(net, z_hat, r0, r0 + shape[0], c0, c0 + shape[1])
+            y_hat = net.decompress_y(sections[2 * i], params, header.quality)
     # Only the decoder's own verdict on the data means a corrupt stream (the integer
     # hyper-decoder refuses out-of-range latents too); any other exception is a bug
     # of lsq and must surface as one.
@@ -340,40 +398,51 @@ def _tile_latent(net: torch.nn.Module, header: Header, sections: list[bytes],
     return y_hat
 
 
+def _joined_z(net: torch.nn.Module, header: Header, sections: list[bytes]) -> torch.Tensor:
+    """Version 4: the z_hat of every tile, joined into the whole image's."""
+    rows, cols = (_padded(n) // LATENT_STRIDE for n in (header.height, header.width))
+    z_hat: torch.Tensor | None = None
+    for i, x0, y0, _, _ in _tiles(header.width, header.height, header.tile):
+        shape = header.latent_shapes[i]
+        try:
+            part = net.decompress_hyper(sections[2 * i + 1], shape)
+        except CorruptStreamError as e:
+            raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
+        if z_hat is None:
+            z_hat = part.new_empty((part.shape[0], rows, cols))
+        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+        z_hat[:, r0 : r0 + shape[0], c0 : c0 + shape[1]] = part
+    return z_hat
+
+
 def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
                   rgb: np.ndarray, on_tile: TileCallback | None) -> None:
-    """Version 3: each tile synthesized from its latent and HALO latents of its neighbours'
-    (decoded a tile row ahead), then cropped: no seams."""
+    """Versions 3 and 4: the latents of each tile row joined across the image's width and
+    streamed through one synthesis of the whole image, a few latent rows at a time: no
+    seams, and each output value is the one a single synthesis of all latents gives."""
     cols, rows = header.grid
-    step = header.tile // Y_STRIDE
-    height, width = (_padded(n) // Y_STRIDE for n in (header.height, header.width))
-    latents: dict[tuple[int, int], torch.Tensor] = {}
-    for r in range(rows):
-        for rr in (r, r + 1):
-            for c in range(cols):
-                if rr < rows and (rr, c) not in latents:
-                    latents[rr, c] = _tile_latent(net, header, sections, rr * cols + c)
-        for c in range(cols):
-            i, x0, y0 = r * cols + c, c * header.tile, r * header.tile
-            tw, th = min(header.tile, header.width - x0), min(header.tile, header.height - y0)
-            top, left = max(r * step - HALO, 0), max(c * step - HALO, 0)
-            bottom = min(r * step + latents[r, c].shape[1] + HALO, height)
-            right = min(c * step + latents[r, c].shape[2] + HALO, width)
-            y_hat = torch.empty((net.M, bottom - top, right - left), dtype=torch.float64)
-            for (rr, cc), lat in latents.items():
-                a, b = max(top, rr * step), min(bottom, rr * step + lat.shape[1])
-                e, f = max(left, cc * step), min(right, cc * step + lat.shape[2])
-                if a < b and e < f:
-                    y_hat[:, a - top : b - top, e - left : f - left] = (
-                        lat[:, a - rr * step : b - rr * step, e - cc * step : f - cc * step])
-            x_hat = net.synthesize(y_hat[None], band=SYNTHESIS_BAND)[0]
-            dy, dx = (r * step - top) * Y_STRIDE, (c * step - left) * Y_STRIDE
-            block = x_hat[:, dy : dy + th, dx : dx + tw].clamp(0, 1).mul(255).round()
-            rgb[y0 : y0 + th, x0 : x0 + tw] = block.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    chunk = max(1, SYNTHESIS_POSITIONS // (_padded(header.width) // Y_STRIDE))
+    z_hat = _joined_z(net, header, sections) if header.version >= 4 else None
+
+    def latent_rows():
+        for r in range(rows):
+            row = torch.cat([_tile_latent(net, header, sections, r * cols + c, z_hat)
+                             for c in range(cols)], dim=2)
+            for lo in range(0, row.shape[1], chunk):
+                yield row[:, lo : lo + chunk]
+
+    done, reported = 0, 0
+    for block in net.synthesis().rows(latent_rows()):
+        n = min(block.shape[1], header.height - done)
+        if n > 0:
+            pixels = block[:, :n, : header.width].clamp(0, 1).mul(255).round()
+            rgb[done : done + n] = pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            done += n
+        while reported < rows and done >= min((reported + 1) * header.tile, header.height):
+            reported += 1
             if on_tile is not None:
-                on_tile(i + 1, len(header.latent_shapes))
-        for c in range(cols):
-            latents.pop((r - 1, c), None)
+                for i in range((reported - 1) * cols, reported * cols):
+                    on_tile(i + 1, len(header.latent_shapes))
 
 
 def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes],

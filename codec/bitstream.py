@@ -1,10 +1,10 @@
 """The `.lsq` container: a versioned header, opaque coded sections and a CRC32.
 
-Byte layout of format version 3 (all integers unsigned, big-endian)::
+Byte layout of format versions 4 and 3 (all integers unsigned, big-endian)::
 
     offset  size  field
     0       4     magic b"\\x89LSQ" (the high first byte catches text-mode transfers)
-    4       1     format version (3 or 2; version 1 streams, from fixed-rate models, are refused)
+    4       1     format version (4, 3 or 2; version 1 streams, from fixed-rate models, are refused)
     5       1     L = length of the model name
     6       L     model name (UTF-8)
     ..      2     model version (1, 2, ... as released; 0 = weights never released)
@@ -24,7 +24,9 @@ Byte layout of format version 3 (all integers unsigned, big-endian)::
 
 Version 2 is the same without the model version field. The versions also differ in how a
 decoder joins tiles (``lsq.image_codec``): version 2 synthesizes every tile on its own,
-version 3 from its latent plus a border of its neighbours' latents, which removes seams.
+version 3 synthesizes the tiles' latents joined; version 4 also joins the tiles' z before
+the hyper-decoder, so that a tile's y is coded under the parameters the whole image's z
+gives, not those of its own z alone.
 
 The parser never trusts a length before checking it against the bytes actually present, so
 any input either unpacks or raises `BitstreamError` in time and memory linear in its size.
@@ -38,8 +40,8 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89LSQ"
-VERSION = 3
-VERSIONS = (2, 3)  # the format versions this lsq reads (and can write)
+VERSION = 4
+VERSIONS = (2, 3, 4)  # the format versions this lsq reads (and can write)
 QUALITY_STEPS = 256  # the stream holds the quality in steps of 1/256
 MAX_SIDE = 65535
 MIN_TILE = 64

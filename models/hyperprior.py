@@ -36,6 +36,7 @@ from lsq.models.latent_codecs import LATENT_CODECS, make_latent_codec
 from lsq.models.layers import GDN, conv, deconv
 from lsq.models.quality import MAX_QUALITY, MIN_QUALITY, QualityGains
 from lsq.models.spec import ModelSpec
+from lsq.models.synthesis import Synthesis
 
 QUANTIZERS = tuple(LATENT_CODECS)
 
@@ -50,7 +51,7 @@ class LsqHyperprior(nn.Module):
         self.latent_codec = make_latent_codec(spec.latent_codec, M, spec.proxy, spec.context,
                                               **spec.codec_options)
         self.quantizer, self.N, self.M = spec.latent_codec, N, M
-        self._synthesis_weights: tuple[tuple | None, dict] = (None, {})
+        self._synthesis: tuple[tuple | None, Synthesis | None] = (None, None)
         self.gains = QualityGains(M, *spec.qualities)
         if for_coding:
             self.entropy_bottleneck: nn.Module = BottleneckTables(N)
@@ -117,7 +118,7 @@ class LsqHyperprior(nn.Module):
     def analyze(self, x: torch.Tensor, band: int) -> torch.Tensor:
         """g_a(x), ``band`` rows of y at a time, each layer computing only the rows the next
         one reads: the same values in a fraction of the memory of a large tile."""
-        layers: Layers = [(layer, None) for layer in self.g_a]
+        layers = list(self.g_a)
         rows = -(-x.shape[-2] // 16)
         return torch.cat([_output_rows(layers, x, lo, min(lo + band, rows))
                           for lo in range(0, rows, band)], dim=-2)
@@ -126,16 +127,48 @@ class LsqHyperprior(nn.Module):
     def compress_latent(self, y: torch.Tensor, quality: float) -> dict:
         """:meth:`compress` from the analysis output y = g_a(x) (B, M, h, w), which a tiled
         encoder computes with a border of neighbouring pixels and crops."""
-        q = self.gains.check(quality)
-        y = y * self.gains.coding(q).to(y.device, torch.float32)
+        y = y * self.gain(quality).to(y.device, torch.float32)
         z = self.h_a(y)
         y_strings, z_strings = [], []
         for yi, zi in zip(y, z, strict=True):
-            z_string, z_hat = latent_coding.encode_z(self.entropy_bottleneck, zi)
-            params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
-            y_strings.append(self.latent_codec.compress(yi, params))
+            z_string, z_hat = self.compress_hyper(zi)
+            y_strings.append(self.compress_y(yi, self.hyper_params(z_hat)))
             z_strings.append(z_string)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    def gain(self, quality: float) -> torch.Tensor:
+        """The gains (M, 1, 1) that scale g_a's output at this quality, float64 on the CPU."""
+        return self.gains.coding(self.gains.check(quality))
+
+    @torch.no_grad()
+    def compress_hyper(self, z: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+        """Code the hyper-latent z = h_a(y) (N, h, w): (bytes, z_hat)."""
+        return latent_coding.encode_z(self.entropy_bottleneck, z)
+
+    @torch.no_grad()
+    def decompress_hyper(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
+        """z_hat (N, h, w) from the bytes of :meth:`compress_hyper`."""
+        device = next(self.parameters()).device
+        return latent_coding.decode_z(self.entropy_bottleneck, data, (self.N, *shape), device)
+
+    @torch.no_grad()
+    def hyper_params(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """The latent codec's parameters (C, 4 h, 4 w) from z_hat (N, h, w), in exact fixed
+        point: the same on any machine, and at a position the same for any crop of z_hat
+        that holds 2 positions of it either side."""
+        return latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
+
+    @torch.no_grad()
+    def compress_y(self, y: torch.Tensor, params: torch.Tensor) -> bytes:
+        """Code the scaled latent y (M, h, w) under its parameters (:meth:`hyper_params`)."""
+        return self.latent_codec.compress(y, params)
+
+    @torch.no_grad()
+    def decompress_y(self, data: bytes, params: torch.Tensor, quality: float) -> torch.Tensor:
+        """y_hat (M, h, w), float64 on the CPU, inverse gain applied, from the bytes of
+        :meth:`compress_y` and the same parameters."""
+        inv_gain = self.gains.coding(self.gains.check(quality), inverse=True)
+        return self.latent_codec.decompress(data, params) * inv_gain
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int],
@@ -145,85 +178,52 @@ class LsqHyperprior(nn.Module):
         return {"x_hat": self.synthesize(y_hat).clamp(0, 1).to(torch.float32)}
 
     @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor, band: int | None = None) -> torch.Tensor:
-        """g_s in float64 on the model's device: rounding to 8 bits then gives the same pixels
-        whatever the thread count or device (float32 flips a few values between 1 and 2 CPU
-        threads).
-
-        With ``band``, the output is made ``band`` rows at a time, each layer computing only
-        the rows the next one reads (a transposed convolution's 5 taps reach one input row
-        either side): the same values in a fraction of the memory, since the float64
-        transposed convolution unfolds 25 values per input value and channel."""
+    def synthesis(self) -> Synthesis:
+        """g_s as float64 matrix products (``lsq.models.synthesis``) on the model's device:
+        rounding to 8 bits then gives the same pixels whatever the thread count or the tile
+        grid (float32 flips a few values between 1 and 2 CPU threads). Made again only when
+        a weight moved or changed."""
         device = next(self.parameters()).device
-        # float64 copies of the weights, made again only when a tensor moved or changed
         key = (device, *((t.data_ptr(), t._version) for t in self.g_s.state_dict().values()))
-        if self._synthesis_weights[0] != key:
-            self._synthesis_weights = (key, {k: v.to(torch.float64)
-                                             for k, v in self.g_s.state_dict().items()})
-        weights = self._synthesis_weights[1]
-        x = y_hat.to(device, torch.float64)
-        if band is None:
-            return torch.func.functional_call(self.g_s, weights, (x,))
-        layers: Layers = []
-        for i, layer in enumerate(self.g_s):
-            prefix = f"{i}."
-            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            layers.append((layer, own))
-        rows = x.shape[-2] * 2 ** sum(isinstance(m, nn.ConvTranspose2d) for m in self.g_s)
-        return torch.cat([_output_rows(layers, x, lo, min(lo + band, rows))
-                          for lo in range(0, rows, band)], dim=-2)
+        if self._synthesis[0] != key:
+            self._synthesis = (key, Synthesis(self.g_s, device))
+        return self._synthesis[1]
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """g_s(y_hat) (B, 3, H, W) in float64 (:meth:`synthesis`)."""
+        synthesis = self.synthesis()
+        return torch.stack([synthesis(y) for y in y_hat])
 
     @torch.no_grad()
     def decompress_latents(self, strings: list[list[bytes]], shape: tuple[int, int],
                            quality: float) -> list[torch.Tensor]:
         """The decoded latents y_hat (float64 on the CPU, one per image, inverse gain applied):
         what must agree bit for bit wherever a stream is decoded, before the synthesis."""
-        device = next(self.parameters()).device
-        inv_gain = self.gains.coding(self.gains.check(quality), inverse=True)
-        y_hats = []
-        for y_string, z_string in zip(*strings, strict=True):
-            z_hat = latent_coding.decode_z(self.entropy_bottleneck, z_string,
-                                           (self.N, *shape), device)
-            params = latent_coding.integer_hyper_decode(self.h_s, z_hat.unsqueeze(0))[0]
-            y_hats.append(self.latent_codec.decompress(y_string, params) * inv_gain)
-        return y_hats
+        return [self.decompress_y(y_string, self.hyper_params(
+                    self.decompress_hyper(z_string, shape)), quality)
+                for y_string, z_string in zip(*strings, strict=True)]
 
 
-Layers = list[tuple[nn.Module, dict[str, torch.Tensor] | None]]
-
-
-def _output_rows(layers: Layers, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+def _output_rows(layers: list[nn.Module], x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Rows lo..hi-1 of the output of ``layers`` applied to x, computing from each earlier
-    layer only the rows that these read. Each layer is (module, weights to call it with, or
-    None for its own); its convolutions must be CompressAI's 5x5 ones of stride 2."""
+    layer only the rows that these read; its convolutions must be CompressAI's 5x5 ones of
+    stride 2."""
     if not layers:
         return x[..., lo:hi, :]
-    layer, weights = layers[-1]
-
-    def run(part: torch.Tensor) -> torch.Tensor:
-        return layer(part) if weights is None else torch.func.functional_call(
-            layer, weights, (part,))
-
-    if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):  # GDN, activations: per position
-        return run(_output_rows(layers[:-1], x, lo, hi))
+    layer = layers[-1]
+    if not isinstance(layer, nn.Conv2d):  # GDN, activations: per position
+        return layer(_output_rows(layers[:-1], x, lo, hi))
     if (layer.kernel_size, layer.stride, layer.padding) != ((5, 5), (2, 2), (2, 2)):
         raise ValueError("banded transforms handle 5x5 convolutions of stride 2")
     rows = x.shape[-2]  # of this layer's input
-    for m, _ in layers[:-1]:
-        if isinstance(m, nn.ConvTranspose2d):
-            rows *= 2
-        elif isinstance(m, nn.Conv2d):
+    for m in layers[:-1]:
+        if isinstance(m, nn.Conv2d):
             rows = (rows - 1) // 2 + 1
-    if isinstance(layer, nn.ConvTranspose2d):
-        # output row o reads input rows ceil(o / 2) - 1 .. floor(o / 2) + 1
-        first, last = max(-(-lo // 2) - 1, 0), min((hi - 1) // 2 + 2, rows)
-        start = 2 * first  # the output row of the part's first row
-    else:
-        # output row o reads input rows 2o - 2 .. 2o + 2 (first is even)
-        first, last = max(2 * lo - 2, 0), min(2 * hi + 1, rows)
-        start = first // 2
-    out = run(_output_rows(layers[:-1], x, first, last))
-    return out[..., lo - start : hi - start, :]
+    # output row o reads input rows 2o - 2 .. 2o + 2 (first is even)
+    first, last = max(2 * lo - 2, 0), min(2 * hi + 1, rows)
+    out = layer(_output_rows(layers[:-1], x, first, last))
+    return out[..., lo - first // 2 : hi - first // 2, :]
 
 
 def build_model(quantizer: str, N: int = 128, M: int = 192,

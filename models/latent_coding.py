@@ -26,6 +26,7 @@ from lsq.codec.entropy_coding import CorruptStreamError, Decoder, Encoder
 WEIGHT_BITS = 12  # fixed-point fraction bits of h_s weights
 ACTIVATION_BITS = 8  # and of its activations
 EXACT_LIMIT = 2.0**52
+CONV_BAND = 16  # output rows per float64 convolution of stride 1
 
 
 @torch.no_grad()
@@ -54,13 +55,27 @@ def integer_hyper_decode(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
                 acc = F.conv_transpose2d(a, w, b, layer.stride, layer.padding,
                                          layer.output_padding, layer.groups)
             elif isinstance(layer, nn.Conv2d):
-                acc = F.conv2d(a, w, b, layer.stride, layer.padding, groups=layer.groups)
+                acc = _conv2d(a, w, b, layer)
             else:
                 raise TypeError(f"layer {type(layer).__name__} has no integer form")
             if acc.numel() and float(acc.abs().max()) >= EXACT_LIMIT:
                 raise CorruptStreamError("integer hyper-decoder left the exact float64 range")
             a = torch.floor(acc / 2**WEIGHT_BITS)
     return a / 2**ACTIVATION_BITS
+
+
+def _conv2d(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
+    """F.conv2d of an integer layer, CONV_BAND output rows at a time when its stride is 1:
+    the same integers, while torch's float64 convolution unfolds only a band of the input
+    (k * k values per input value and channel)."""
+    if layer.stride != (1, 1) or layer.dilation != (1, 1) or a.shape[-2] <= CONV_BAND:
+        return F.conv2d(a, w, b, layer.stride, layer.padding, groups=layer.groups)
+    (pad_rows, pad_cols), reach = layer.padding, layer.kernel_size[0] - 1
+    padded = F.pad(a, (0, 0, pad_rows, pad_rows))
+    rows = padded.shape[-2] - reach
+    return torch.cat([F.conv2d(padded[..., lo : min(lo + CONV_BAND, rows) + reach, :], w, b,
+                               padding=(0, pad_cols), groups=layer.groups)
+                      for lo in range(0, rows, CONV_BAND)], dim=-2)
 
 
 def _medians(eb: nn.Module) -> torch.Tensor:

@@ -116,10 +116,12 @@ def test_version_2_streams_still_parse_and_pack() -> None:
         pack(make_header(version=2, model_version=1), SECTIONS)
 
 
-def test_model_version_round_trips() -> None:
-    header = make_header(model_version=65535)
+@pytest.mark.parametrize("version", [3, 4])
+def test_model_version_round_trips(version: int) -> None:
+    header = make_header(model_version=65535, version=version)
     got, _ = unpack(pack(header, SECTIONS))
-    assert got.model_version == 65535 and got.version == 3
+    assert got.model_version == 65535 and got.version == version
+    assert make_header().version == 4
     assert unpack(raw_stream(model_version=0))[0].model_version == 0
 
 
@@ -130,7 +132,7 @@ def test_model_version_round_trips() -> None:
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an lsq file"),
         (MAGIC, "truncated"),
         (raw_stream(version=1), "version 1 not supported"),
-        (raw_stream(version=4), "version 4 not supported"),
+        (raw_stream(version=5), "version 5 not supported"),
         (raw_stream(version=0), "version 0 not supported"),
         (raw_stream(fix_crc=False), "corrupt: checksum mismatch"),
         (raw_stream()[:-1], "truncated"),

@@ -4,7 +4,9 @@
         [--large] [--model NAME] [--repeat 3] [--threads N] [--device cpu|cuda]
         [--workers N] [--compressai]
 
-Per image: bytes, bpp, PSNR, then encode and decode seconds in-process (the full image
+Per image: bytes, bpp, PSNR, the PSNR of the 2-pixel bands either side of every tile
+border (images of more than one tile; "-" otherwise), then encode and decode seconds
+in-process (the full image
 path: tiling, padding, header; the model loaded, the best of --repeat runs after a warm-up
 run), wall and CPU time (CPU time is the steadier figure on a shared machine), and the peak
 resident memory of each direction. Each direction runs in its own child
@@ -100,6 +102,20 @@ def _child(direction: str, image: Path, stream: Path, args: argparse.Namespace) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def seam_psnr(original: np.ndarray, decoded: np.ndarray, tile: int) -> float | None:
+    """PSNR of the 2-pixel bands either side of every tile border; None for one tile."""
+    h, w = original.shape[:2]
+    seams = np.zeros((h, w), bool)
+    for b in range(tile, w, tile):
+        seams[:, b - 2 : b + 2] = True
+    for b in range(tile, h, tile):
+        seams[b - 2 : b + 2, :] = True
+    if not seams.any():
+        return None
+    err = (original.astype(np.float64) - decoded)[seams] ** 2
+    return float(10 * np.log10(255**2 / err.mean()))
+
+
 def _compressai_seconds(rgb: np.ndarray) -> float:
     import torch
     from compressai.zoo import bmshj2018_hyperprior
@@ -120,10 +136,10 @@ def per_image(images: list[Path], args: argparse.Namespace) -> None:
     from PIL import Image
 
     from lsq.eval.metrics import bpp, psnr
-    from lsq.image_codec import decode_image
+    from lsq.image_codec import DEFAULT_TILE, decode_image
 
-    print("image        size        bytes    bpp   PSNR  enc_s  dec_s  enc_cpu  dec_cpu  enc_MB"
-          "  dec_MB"
+    print("image        size        bytes    bpp   PSNR   seam  enc_s  dec_s  enc_cpu  dec_cpu"
+          "  enc_MB  dec_MB"
           + ("  compressai_s" if args.compressai else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for image in images:
@@ -134,8 +150,10 @@ def per_image(images: list[Path], args: argparse.Namespace) -> None:
                 rgb = np.asarray(src.convert("RGB"))
             data = stream.read_bytes()
             rec = np.asarray(decode_image(data).convert("RGB"))
+            seam = seam_psnr(rgb, rec, DEFAULT_TILE)
             line = (f"{image.stem[:12]:12s} {rgb.shape[1]:>5d}x{rgb.shape[0]:<5d} {len(data):7d} "
                     f"{bpp(len(data), rgb.shape[0] * rgb.shape[1]):6.3f} {psnr(rgb, rec):6.2f} "
+                    f"{'     -' if seam is None else f'{seam:6.2f}'} "
                     f"{enc['seconds']:6.2f} {dec['seconds']:6.2f} {enc['cpu_seconds']:8.2f} "
                     f"{dec['cpu_seconds']:8.2f} {enc['peak_mb']:7.0f} {dec['peak_mb']:7.0f}")
             if args.compressai:
