@@ -176,7 +176,7 @@ def test_info_text_and_json(env: dict[str, str], coded: dict) -> None:
     info = json.loads(result.stdout)
     assert info["width"] == 50 and info["height"] == 40 and info["mode"] == "RGBA"
     assert info["flags"] == ["alpha"] and info["bytes"] == coded["rgba"]["lsq"].stat().st_size
-    assert len(info["section_lengths"]) == 3 and info["version"] == 3 and info["quality"] == 1.0
+    assert len(info["section_lengths"]) == 3 and info["version"] == 4 and info["quality"] == 1.0
 
 
 def test_stdin_stdout_pipeline(env: dict[str, str], coded: dict) -> None:
