@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KODAK = SHARED_DATA / "kodak"
@@ -53,3 +54,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if under_ci() and exitstatus == 0 and reporter and reporter.stats.get("skipped"):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def encoder_side(model, image: torch.Tensor, q: float) -> torch.Tensor:
+    """The latent the encoder quantized (its own reconstruction), times the inverse gain:
+    what an exact decoder must return."""
+    from lsq.codec.entropy_coding import Encoder
+    from lsq.models import latent_coding
+
+    y = model.g_a(image) * model.gains.coding(q).float()
+    _, z_hat = latent_coding.encode_z(model.entropy_bottleneck, model.h_a(y)[0])
+    params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
+    y_hat = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
+    return y_hat * model.gains.coding(q, inverse=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import encoder_side
 
-from lsq.codec.entropy_coding import Encoder
 from lsq.models import latent_coding, registry, weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import ChannelGroupsLatentCodec, make_latent_codec
@@ -35,15 +35,6 @@ def coded_model(quantizer: str, M: int = 72, seed: int = 1, lrp: bool = False,
             torch.nn.init.normal_(transform[-1].weight, std=0.05)  # matter
     model.update(force=True)
     return model
-
-
-def encoder_side(model, image: torch.Tensor, q: float) -> torch.Tensor:
-    """What the encoder quantized, times the inverse gain."""
-    y = model.g_a(image) * model.gains.coding(q).float()
-    _, z_hat = latent_coding.encode_z(model.entropy_bottleneck, model.h_a(y)[0])
-    params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
-    y_hat = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
-    return y_hat * model.gains.coding(q, inverse=True)
 
 
 def test_group_slices_pick_each_groups_own_parameters() -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import encoder_side
 from PIL import Image
 
 from lsq import image_codec
 from lsq.codec.bitstream import BitstreamError, pack, unpack
-from lsq.codec.entropy_coding import Encoder
-from lsq.models import latent_coding, registry, weights_file
+from lsq.models import registry, weights_file
 from lsq.models.hyperprior import build_model
 from lsq.models.latent_codecs import make_latent_codec
 from lsq.models.latent_codecs.checkerboard import Checkerboard, first_activation
@@ -57,15 +57,6 @@ def decoded(model, coded: dict, threads: int) -> torch.Tensor:
         torch.set_num_threads(before)
 
 
-def encoder_side(model, image: torch.Tensor) -> torch.Tensor:
-    """What the encoder quantized, times the inverse gain."""
-    y = model.g_a(image) * model.gains.coding(Q).float()
-    _, z_hat = latent_coding.encode_z(model.entropy_bottleneck, model.h_a(y)[0])
-    params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
-    y_hat = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
-    return y_hat * model.gains.coding(Q, inverse=True)
-
-
 def test_halves_are_the_two_colours_in_raster_order() -> None:
     board = Checkerboard(3, 4)
     grid = torch.arange(24.0).reshape(2, 3, 4)  # two channels
@@ -101,7 +92,7 @@ def test_round_trip_is_exact_and_thread_independent(quantizer: str, kind: str, l
     with torch.no_grad():
         coded = model.compress(image, Q)
         one, two = decoded(model, coded, 1), decoded(model, coded, 2)
-        reference = encoder_side(model, image)
+        reference = encoder_side(model, image, Q)
         x_hat = model.decompress(coded["strings"], coded["shape"], Q)["x_hat"]
     assert one.dtype == torch.float64 and one.shape == (48, 4, 8)
     assert torch.equal(one, two) and torch.equal(one, reference)
