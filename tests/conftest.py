@@ -67,3 +67,19 @@ def encoder_side(model, image: torch.Tensor, q: float) -> torch.Tensor:
     params = latent_coding.integer_hyper_decode(model.h_s, z_hat[None])[0]
     y_hat = model.latent_codec.code(params, enc=Encoder(), y=y[0].double())
     return y_hat * model.gains.coding(q, inverse=True)
+
+
+def context_model(quantizer: str, M: int = 48, seed: int = 1, **options):
+    """A tiny channel-groups model (N = 16) ready to code, whose context networks all matter:
+    gains spread so that the latents are not all zero, and the transforms' last layers (zero
+    at first) drawn at random. ``options``: the codec options (lrp, group_transform, ...)."""
+    from lsq.models.hyperprior import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(quantizer, N=16, M=M, context="channel-groups", **options).eval()
+    with torch.no_grad():
+        model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
+        for transform in model.latent_codec.integer_transforms:
+            torch.nn.init.normal_(transform[-1].weight, std=0.05)
+    model.update(force=True)
+    return model

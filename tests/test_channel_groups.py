@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import encoder_side
+from conftest import context_model, encoder_side
 
 from lsq.models import latent_coding, registry, weights_file
 from lsq.models.hyperprior import build_model
@@ -23,18 +23,6 @@ def image() -> torch.Tensor:
     torch.manual_seed(0)
     x = torch.rand(1, 3, 64, 128)
     return torch.nn.functional.avg_pool2d(x, 5, 1, 2)
-
-
-def coded_model(quantizer: str, M: int = 72, seed: int = 1, lrp: bool = False,
-                kind: str = "separable"):
-    torch.manual_seed(seed)
-    model = build_model(quantizer, N=16, M=M, lrp=lrp, group_transform=kind, **CONTEXT).eval()
-    with torch.no_grad():  # spread the gains so that the latents are not all zero
-        model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
-        for transform in model.latent_codec.integer_transforms:  # zero at first: make them
-            torch.nn.init.normal_(transform[-1].weight, std=0.05)  # matter
-    model.update(force=True)
-    return model
 
 
 def test_group_slices_pick_each_groups_own_parameters() -> None:
@@ -102,7 +90,7 @@ def test_default_groups_and_bad_options() -> None:
 @pytest.mark.parametrize("quantizer", ["scalar", "leech", "spherical-leech", "leech-hybrid"])
 def test_round_trip_is_exact_and_thread_independent(quantizer: str, lrp: bool, kind: str,
                                                      image: torch.Tensor) -> None:
-    model = coded_model(quantizer, lrp=lrp, kind=kind)
+    model = context_model(quantizer, M=72, lrp=lrp, group_transform=kind)
     with torch.no_grad():
         coded = model.compress(image, Q)
         first = model.decompress_latents(coded["strings"], coded["shape"], Q)[0]
@@ -164,7 +152,7 @@ def test_integer_group_transform_matches_its_float_form(kind: str) -> None:
 
 def test_weights_round_trip_through_the_registry(tmp_path: Path, image: torch.Tensor,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = coded_model("leech", M=48)
+    trained = context_model("leech")
     config = dict(name="tiny-leech-ctx", family="leech", qualities=[1, 8], default_quality=4,
                   codec_options=CONTEXT, N=16, M=48, command="tests/test_channel_groups.py")
     path = weights_file.save(trained.state_dict(), tmp_path / "tiny-leech-ctx.safetensors",

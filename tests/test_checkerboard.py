@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import encoder_side
+from conftest import context_model, encoder_side
 from PIL import Image
 
 from lsq import image_codec
@@ -32,20 +32,6 @@ Q = 2.671875  # a multiple of 1/256
 def image() -> torch.Tensor:
     torch.manual_seed(0)
     return torch.nn.functional.avg_pool2d(torch.rand(1, 3, 64, 128), 5, 1, 2)
-
-
-def coded_model(quantizer: str, kind: str = "separable", lrp: bool = False, seed: int = 1,
-                checkerboard: bool = True):
-    """A tiny model (M = 48, two groups) whose context networks all matter."""
-    torch.manual_seed(seed)
-    model = build_model(quantizer, N=16, M=48, lrp=lrp, group_transform=kind,
-                        checkerboard=checkerboard, **CONTEXT).eval()
-    with torch.no_grad():  # spread the gains so that the latents are not all zero
-        model.gains.log_gain.add_(2.0 + torch.randn_like(model.gains.log_gain) * 0.1)
-        for transform in model.latent_codec.integer_transforms:  # zero at first: make them
-            torch.nn.init.normal_(transform[-1].weight, std=0.05)  # matter
-    model.update(force=True)
-    return model
 
 
 def decoded(model, coded: dict, threads: int) -> torch.Tensor:
@@ -88,7 +74,7 @@ def test_spatial_context_joins_the_first_pre_activation() -> None:
 @pytest.mark.parametrize("quantizer", ["scalar", "leech", "leech-hybrid", "spherical-leech"])
 def test_round_trip_is_exact_and_thread_independent(quantizer: str, kind: str, lrp: bool,
                                                      image: torch.Tensor) -> None:
-    model = coded_model(quantizer, kind, lrp)
+    model = context_model(quantizer, group_transform=kind, lrp=lrp, checkerboard=True)
     with torch.no_grad():
         coded = model.compress(image, Q)
         one, two = decoded(model, coded, 1), decoded(model, coded, 2)
@@ -120,7 +106,7 @@ def test_untrained_checkerboard_codes_as_the_model_without_it(quantizer: str, ki
     """With its spatial networks at zero (as built) the checkerboard model warm-started from
     the model without it codes the same symbols under the same tables, so the latents decode
     identical; the bytes differ because each group's anchors go first, the symbols' order."""
-    plain = coded_model(quantizer, kind, lrp, checkerboard=False)
+    plain = context_model(quantizer, group_transform=kind, lrp=lrp)
     board = build_model(quantizer, N=16, M=48, lrp=lrp, group_transform=kind,
                         checkerboard=True, **CONTEXT).eval()
     assert warm_start(board, plain.state_dict()) == ["latent_codec.spatial.0",
@@ -137,7 +123,7 @@ def test_untrained_checkerboard_codes_as_the_model_without_it(quantizer: str, ki
 @pytest.mark.parametrize("quantizer", ["scalar", "leech"])
 def test_training_forward_reaches_the_spatial_context(quantizer: str,
                                                      image: torch.Tensor) -> None:
-    model = coded_model(quantizer, "full").train()
+    model = context_model(quantizer, group_transform="full", checkerboard=True).train()
     out = model(image[:, :, :, :64].expand(2, -1, -1, -1), torch.tensor([1.5, 7.25]))
     plain = build_model(quantizer, N=16, M=48, **CONTEXT)(image[:, :, :, :64], 3.0)
     assert {k: v.shape[1:] for k, v in out["likelihoods"].items()} == {
@@ -178,7 +164,7 @@ def save_tiny(folder: Path, model, name: str) -> Path:
 
 def test_spec_round_trips_through_a_weights_file(tmp_path: Path, image: torch.Tensor,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = coded_model("leech", "full", lrp=True)
+    trained = context_model("leech", group_transform="full", lrp=True, checkerboard=True)
     path = save_tiny(tmp_path, trained, "tiny-leech-ckbd")
     assert ModelSpec.from_weights_config(weights_file.read_config(path)) == trained.spec
     monkeypatch.setenv(registry.WEIGHTS_ENV, str(tmp_path))
@@ -198,7 +184,8 @@ def test_fuzzed_checkerboard_streams_decode_or_are_refused(tmp_path: Path,
     """fuzz_bitstream's mutations, in process (its forked decode worker can deadlock in a
     process whose torch thread pool already ran): each case decodes or raises one of the
     decoder's errors; half of them are garbage inside the coded y section."""
-    save_tiny(tmp_path, coded_model("leech", "full", lrp=True), "tiny-fuzz-ckbd")
+    save_tiny(tmp_path, context_model("leech", group_transform="full", lrp=True,
+                                       checkerboard=True), "tiny-fuzz-ckbd")
     monkeypatch.setenv(registry.WEIGHTS_ENV, str(tmp_path))
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), "RGB")
