@@ -323,9 +323,9 @@ def output_format(path: str, output_quality: int | None = None) -> str:
         ext = Path(path).suffix.lower()
         Image.preinit()  # PNG, JPEG and the other common formats, not every plugin
         fmt = Image.EXTENSION.get(ext)
-        if fmt is None or fmt not in Image.SAVE:
+        if fmt not in Image.SAVE:
             fmt = Image.registered_extensions().get(ext)  # imports every plugin
-        if fmt is None or fmt not in Image.SAVE:
+        if fmt not in Image.SAVE:
             raise click.ClickException(
                 f"{path}: unknown output format {ext or '(no extension)'}; use .png, .webp, "
                 ".jpg...")
