@@ -28,13 +28,23 @@ def test_shifted_curve_gives_its_shift(tmp_path):
         assert drate < 0
 
 
-def test_equal_crops_picks_the_row_nearest_the_anchors_crops(tmp_path, capsys):
+def test_equal_crops_takes_both_runs_at_the_shorter_runs_crops(tmp_path, capsys):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_log(a, [1000, 2000], 0.0)  # batch 16: 32,000 crops at the end
     write_log(b, [100, 250, 400], 0.0)  # batch 128: step 250 is 32,000 crops
     compare_runs.main([f"{a}:16", f"{b}:128"])
     out = capsys.readouterr().out
-    assert "equal crops: step 250, 32,000 crops" in out
+    assert f"equal crops: A {a} step 2000, 32,000 crops; B {b} step 250, 32,000 crops" in out
+
+
+def test_equal_crops_when_the_test_run_is_shorter(tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_log(a, [100, 200, 300], 0.0)
+    write_log(b, [100, 200], 0.5)  # same batch, shorter: A is taken at step 200 too
+    compare_runs.main([f"{a}:16", f"{b}:16"])
+    out = capsys.readouterr().out.split("at equal crops")[1]
+    assert f"A {a} step 200, 3,200 crops; B {b} step 200, 3,200 crops" in out
+    assert "q1-8: BD-PSNR +0.500 dB" in out
 
 
 def test_bad_spec_exits_with_one_line(tmp_path):

@@ -4,7 +4,8 @@
 
 BD-PSNR and BD-rate (``bjontegaard``, Akima) of B against A over the qualities both logs
 validate (all, the lower half, the upper half), at equal training time (each run's last
-validation row) and at equal crops (B's row nearest to the crops A's last row had seen).
+validation row) and at equal crops (each run's row nearest to the crops the shorter run
+reached).
 BATCH is the run's crops per step (times its GPUs), which the log does not record.
 """
 
@@ -76,13 +77,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         (pa, ra, ba), (pb, rb, bb) = _run(args.anchor), _run(args.test)
         last_a, last_b = ra[-1], rb[-1]
-        crops_a = last_a["step"] * ba
-        at_crops = min(rb, key=lambda r: abs(r["step"] * bb - crops_a))
-        cases = [("equal time (last rows)", last_b), ("equal crops", at_crops)]
-        print(f"A {pa}: step {last_a['step']}, {crops_a:,} crops")
-        for label, row in cases:
-            print(f"B {pb} at {label}: step {row['step']}, {row['step'] * bb:,} crops")
-            for span, (dpsnr, drate) in compare(last_a, row).items():
+        crops = min(last_a["step"] * ba, last_b["step"] * bb)
+        at_crops = [min(rows, key=lambda r: abs(r["step"] * batch - crops))
+                    for rows, batch in ((ra, ba), (rb, bb))]
+        cases = [("equal time (last rows)", (last_a, last_b)), ("equal crops", at_crops)]
+        for label, (row_a, row_b) in cases:
+            print(f"at {label}: A {pa} step {row_a['step']}, {row_a['step'] * ba:,} crops; "
+                  f"B {pb} step {row_b['step']}, {row_b['step'] * bb:,} crops")
+            for span, (dpsnr, drate) in compare(row_a, row_b).items():
                 print(f"  {span}: BD-PSNR {dpsnr:+.3f} dB, BD-rate {drate:+.2f} %")
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"compare_runs: {e}")
