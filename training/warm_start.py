@@ -1,6 +1,7 @@
 """Starting a run from exported weights instead of a checkpoint (a fresh optimizer): the
-same model's weights (``--init``, also the fallback when a run's checkpoint is lost), or
-another model's transforms (``--init-transforms``)."""
+run's own weights, which it continues (``--continue-from``, the fallback when a run's
+checkpoint is lost), the same model's from step 0 (``--init``), or another model's
+transforms (``--init-transforms``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def warm_start(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
         raise ConfigError(f"--init does not fit this model: missing {missing[:4]}, "
                           f"unexpected {unexpected[:4]}")
     return sorted({".".join(k.split(".")[:3]) for k in missing})
+
+
+def continue_weights(model: nn.Module, path: str) -> None:
+    """Load the run's own exported weights: every tensor, nothing more (the same spec)."""
+    try:
+        model.load_state_dict(_state(path, "--continue-from"))
+    except RuntimeError as e:
+        raise ConfigError(f"--continue-from {path} does not fit this model: {str(e)[:300]}"
+                          ) from None
 
 
 def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[str]:
