@@ -162,3 +162,20 @@ def test_the_command_line_refuses_another_models_weights_in_one_line(first_sessi
     assert result.stderr.startswith(f"lsq.training: --continue-from {first_session} holds "
                                     "another model (M=24 (this run: 48))")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_before_histories_resumes_with_its_totals(images, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(run, stop_step=K), images)
+    state = checkpoint.load(run)
+    for key in ("sessions", "images_seen", "warmup_from", "name"):
+        del state[key]
+    checkpoint.save(run, state)
+    train(tiny(run), images)
+    meta = config_of(run / export.FINAL)
+    assert (meta["steps"], meta["images_seen"], meta["name"]) == (2 * K, 2 * K * 4, "run")
+    assert [(e["start"], e["steps"], e["images"]) for e in meta["sessions"]] == [
+        ("unrecorded", [0, K], 4 * K), ("resume", [K, 2 * K], 4 * K)]
+    whole = tmp_path / "whole"
+    train(tiny(whole), images)
+    assert lrs(run) == lrs(whole)
