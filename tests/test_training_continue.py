@@ -69,7 +69,8 @@ def test_a_continued_run_counts_on_and_keeps_the_lr_schedule(images, first_sessi
     assert (meta["name"], meta["default_quality"]) == ("flag", 3.0)  # carried over
     before, after = meta["sessions"]
     assert (before["start"], before["steps"], before["images"]) == ("scratch", [0, K], 4 * K)
-    assert (after["start"], after["from"]) == ("continue", str(first_session))
+    assert (after["start"], after["from"], after["fp16"]) == ("continue", str(first_session),
+                                                              True)
     assert (after["steps"], after["images"], after["batch"]) == ([K, 2 * K], 4 * K, 4)
     assert meta["gpu_time"] == pytest.approx(before["gpu_time"] + after["gpu_time"], abs=0.2)
     assert config_of(first_session)["gpu_time"] == pytest.approx(before["gpu_time"], abs=0.1)
@@ -125,9 +126,9 @@ def test_weights_without_a_history_continue_with_their_totals(images, first_sess
                                                               tmp_path):
     config = {k: v for k, v in config_of(first_session).items() if k != "sessions"}
     old = tmp_path / "old.safetensors"
-    weights_file.save(weights_file.load_stored(first_session), old,
+    weights_file.save(weights_file.load_state(first_session), old,
                       {**config, "history": "trained by hand", "images_seen": 1000,
-                       "gpu_time": 500.0})
+                       "gpu_time": 500.0}, half=False)
     run = tmp_path / "run"
     train(tiny(run, continue_from=str(old)), images)
     meta = config_of(run / export.FINAL)
@@ -137,6 +138,7 @@ def test_weights_without_a_history_continue_with_their_totals(images, first_sess
             for e in meta["sessions"]] == [
         ("unrecorded", [0, K], 1000, False), ("continue", [K, 2 * K], 4 * K, True)]
     assert meta["sessions"][0]["history"] == "trained by hand"
+    assert meta["sessions"][1]["fp16"] is False  # an fp32 export: no rounding at the boundary
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -3,11 +3,12 @@ exported weights, or exactly from a checkpoint), the steps and crops it trained 
 time. It goes into every checkpoint and into the export's ``sessions``, so weights trained
 over many GPU sessions say where each boundary was and whether it cost a fresh optimizer.
 
-An entry is ``{"start", "from"?, "steps": [first, last], "images", "gpu_time", "batch",
-"world", "command"}``; ``start`` is scratch, init, init-transforms, continue (exported weights
-of the same run, fresh optimizer), resume (its checkpoint, exact) or unrecorded (training
-before histories were kept: a file's or checkpoint's steps so far, and its free-text
-``history`` if it has one).
+An entry is ``{"start", "from"?, "fp16"?, "steps": [first, last], "images", "gpu_time",
+"batch", "world", "command"}``; ``start`` is scratch, init, init-transforms, continue
+(exported weights of the same run, fresh optimizer; ``fp16``: whether the file held fp16
+tensors), resume (its checkpoint: exact on the same world size with float32 moments) or
+unrecorded (training before histories were kept: a file's or checkpoint's steps so far,
+and its free-text ``history`` if it has one).
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ class Start:
     warmup_from: int = 0
     lr_scale: float = 1.0
     history: list[dict] = dataclasses.field(default_factory=list)
+    #: a continue: whether the weights it starts from were stored as fp16
+    fp16: bool | None = None
 
     def sessions(self, step: int, images_seen: int, gpu_time: float, batch: int, world: int,
                  command: str) -> list[dict]:
         """The history with this process's entry, at ``step``."""
         entry = {"start": self.how, **({"from": self.source} if self.source else {}),
+                 **({} if self.fp16 is None else {"fp16": self.fp16}),
                  "steps": [self.step, step], "images": images_seen - self.images_seen,
                  "gpu_time": round(gpu_time - self.gpu_time, 1), "batch": batch,
                  "world": world, "command": command}
@@ -59,7 +63,7 @@ def from_checkpoint(state: Mapping, folder: str) -> Start:
                  state.get("warmup_from", 0), state["lr_scale"], list(history))
 
 
-def from_weights(config: Mapping, path: str) -> Start:
+def from_weights(config: Mapping, path: str, fp16: bool) -> Start:
     """A continue from exported weights (config: ``read_config``): their steps, crops, GPU
     time and history go on; the optimizer starts fresh here."""
     step = config["steps"]
@@ -67,4 +71,4 @@ def from_weights(config: Mapping, path: str) -> Start:
     history = config.get("sessions")
     if history is None:
         history = _unrecorded(step, images, gpu_time, config.get("history"))
-    return Start("continue", path, step, images, gpu_time, step, 1.0, list(history))
+    return Start("continue", path, step, images, gpu_time, step, 1.0, list(history), fp16)

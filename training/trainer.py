@@ -203,8 +203,7 @@ def _continue(run: Run, is_main: bool) -> sessions.Start:
 
     path = run.cfg.continue_from
     config = read_config(path)
-    continue_weights(run.model, path)
-    start = sessions.from_weights(config, path)
+    start = sessions.from_weights(config, path, continue_weights(run.model, path))
     if run.default_quality is None:
         run.default_quality = config["default_quality"]
     run.name = run.name or config["name"]

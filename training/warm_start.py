@@ -40,13 +40,21 @@ def warm_start(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
     return sorted({".".join(k.split(".")[:3]) for k in missing})
 
 
-def continue_weights(model: nn.Module, path: str) -> None:
-    """Load the run's own exported weights: every tensor, nothing more (the same spec)."""
+def continue_weights(model: nn.Module, path: str) -> bool:
+    """Load the run's own exported weights: every tensor, nothing more (the same spec).
+    Returns whether the file held some as fp16 (the boundary then costs their rounding)."""
+    from lsq.models.weights_file import WeightsFileError, load_stored
+
     try:
-        model.load_state_dict(_state(path, "--continue-from"))
+        stored = load_stored(path)
+    except WeightsFileError as e:
+        raise ConfigError(f"--continue-from: {e}") from None
+    try:
+        model.load_state_dict(stored)
     except RuntimeError as e:
         raise ConfigError(f"--continue-from {path} does not fit this model: {str(e)[:300]}"
                           ) from None
+    return any(t.dtype == torch.float16 for t in stored.values())
 
 
 def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[str]:
