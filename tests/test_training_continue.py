@@ -111,7 +111,7 @@ def test_a_checkpoint_wins_over_continue_and_the_rewarmup_resumes_exactly(
     train(tiny(split, continue_from=str(first_session), stop_step=K + 1), images)
     capsys.readouterr()
     train(tiny(split, continue_from=str(first_session)), images)
-    assert (f"has a checkpoint at step {K + 1}: resumed exactly, --continue-from "
+    assert (f"has a checkpoint at step {K + 1}: resumed from it, --continue-from "
             f"{first_session} not used") in capsys.readouterr().out
     a, b = checkpoint.load(whole), checkpoint.load(split)
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())

@@ -259,7 +259,7 @@ def _resume(run: Run, state: dict) -> sessions.Start:
     else:  # another world size: fresh streams, same result up to data order
         _reseed(run, state["step"])
     if cfg.continue_from and run.rank == 0:
-        print(f"[train] {cfg.out} has a checkpoint at step {state['step']}: resumed exactly, "
+        print(f"[train] {cfg.out} has a checkpoint at step {state['step']}: resumed from it, "
               f"--continue-from {cfg.continue_from} not used", flush=True)
     return sessions.from_checkpoint(state, cfg.out)
 
