@@ -107,15 +107,17 @@ def test_a_checkpoint_wins_over_continue_and_the_rewarmup_resumes_exactly(
     """Interrupted inside the re-warm-up and started again with the same command: the
     checkpoint is resumed exactly (same weights as an uninterrupted continue, bit for bit)."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(tiny(whole, continue_from=str(first_session)), images)
-    train(tiny(split, continue_from=str(first_session), stop_step=K + 1), images)
+    train(tiny(whole, continue_from=str(first_session), warmup_steps=K), images)
+    train(tiny(split, continue_from=str(first_session), warmup_steps=K, stop_step=K + 1),
+          images)
     capsys.readouterr()
-    train(tiny(split, continue_from=str(first_session)), images)
+    train(tiny(split, continue_from=str(first_session), warmup_steps=K), images)
     assert (f"has a checkpoint at step {K + 1}: resumed from it, --continue-from "
             f"{first_session} not used") in capsys.readouterr().out
     a, b = checkpoint.load(whole), checkpoint.load(split)
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
-    assert lrs(split) == lrs(whole)
+    assert lrs(split) == lrs(whole) == pytest.approx(
+        {5: LR / 4, 6: LR / 2, 7: LR * 3 / 40, 8: LR / 10})  # the re-warm-up goes on
     history = config_of(split / export.FINAL)["sessions"]
     assert [(e["start"], e["steps"]) for e in history] == [
         ("scratch", [0, K]), ("continue", [K, K + 1]), ("resume", [K + 1, 2 * K])]
