@@ -3,7 +3,9 @@
 The file's metadata holds one key, "config": a JSON object with at least REQUIRED_KEYS
 (name, family, qualities [low, high], default_quality, N, M), optionally codec_options,
 the model's ``spec`` (``lsq.models.spec``; files that predate it have none), and how the
-weights were trained (steps, images_seen, batch, crop, data, gpu_time, command).
+weights were trained: totals (steps, images_seen, gpu_time) and the last process's batch,
+crop, data and command; newer files add ``sessions``, the run's history with one entry per
+training process (``lsq.training.sessions``), older ones may have a free-text ``history``.
 ``ModelSpec.weights_config()`` gives the keys that come from the spec. Large float tensors
 are stored as fp16 where fp16 holds them, the rest (biases, entropy-coder tables, integer
 buffers) exactly. Training writes these files and the registry

@@ -5,7 +5,8 @@ hour: the decoded training set lives on the GPU as uint8 and is cropped there, c
 (files of at most 16 MiB) are written every few minutes and picked up again automatically,
 and several GPUs go through torchrun (DDP). One module per job: ``config`` (what a run
 depends on), ``data``, ``loss``, ``step``, ``validate``, ``throughput``, ``checkpoint``,
-``warm_start``, ``export``, ``distributed``, ``callbacks`` (the policies) and ``trainer``;
+``warm_start``, ``sessions`` (the run's history), ``export``, ``distributed``,
+``callbacks`` (the policies) and ``trainer``;
 ``cli`` is ``python -m lsq.training``, which needs neither click nor tqdm.
 """
 

@@ -61,10 +61,11 @@ def batch_lr_factor(batch: int, reference: int, scaling: str) -> float:
 
 
 class LrSchedule(Callback):
-    """lr = base x batch factor x rollback scale, raised linearly over the run's first
-    ``warmup`` steps (a fresh optimizer: from scratch or from --init; counted in the run's
-    steps, so a resumed run goes on as if never stopped), divided by 10 after ``drop_step``
-    steps or ``drop_minutes`` of this process (time-bounded GPU sessions)."""
+    """lr = base x batch factor x rollback scale, raised linearly over the first ``warmup``
+    steps of a fresh optimizer (from step 0, or from the step a run continued at; counted in
+    the run's steps, so a resumed run goes on as if never stopped), divided by 10 after
+    ``drop_step`` steps of the whole run or ``drop_minutes`` of this process (time-bounded
+    GPU sessions)."""
 
     def __init__(self, lr: float, factor: float, warmup: int, drop_step: int,
                  drop_minutes: float | None) -> None:
@@ -74,8 +75,9 @@ class LrSchedule(Callback):
     def on_step_begin(self, t: Trainer) -> None:
         late = self.drop_s is not None and time.monotonic() - t.t_start >= self.drop_s
         lr = self.base * t.lr_scale * (0.1 if t.step >= self.drop_step or late else 1.0)
-        if t.step < self.warmup:
-            lr *= (t.step + 1) / self.warmup
+        since = t.step - t.warmup_from
+        if since < self.warmup:
+            lr *= (since + 1) / self.warmup
         t.opts.set_lr(lr)
         t.lr = lr
 

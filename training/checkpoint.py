@@ -4,9 +4,10 @@ streams (torch, CUDA, numpy, Python and the crop sampler's), step, lr scale and 
 A checkpoint is written as parts of at most PART_BYTES each (one file that the GPU machine
 can return per slot) and then a manifest naming them with their SHA-256, which commits
 them. Parts get fresh names, so a crash at any point leaves the previous checkpoint whole.
-Without its checkpoint a run falls back to exported fp16 weights and a fresh optimizer
-(``--init``). ``python -m lsq.training.checkpoint RUN_DIR OUT_DIR [FIRST COUNT]`` copies a
-run's latest checkpoint (or some of its parts), even while the run goes on writing new ones.
+Without its checkpoint a run falls back to its exported fp16 weights and a fresh optimizer
+(``--continue-from``, which keeps its step, crops and history). ``python -m
+lsq.training.checkpoint RUN_DIR OUT_DIR [FIRST COUNT]`` copies a run's latest checkpoint (or
+some of its parts), even while the run goes on writing new ones.
 """
 
 from __future__ import annotations

@@ -59,8 +59,9 @@ class TrainConfig:
     lr_drop_at: float = _f(0.9, "fraction of steps after which lr is divided by 10")
     lr_drop_minutes: float | None = _f(None, "also divide lr by 10 after this many minutes of "
                                              "this process (time-bounded GPU sessions)")
-    warmup_steps: int = _f(0, "raise lr linearly over the run's first steps (a fresh "
-                              "optimizer; a resumed run does not warm up again)")
+    warmup_steps: int = _f(0, "raise lr linearly over the first steps of a fresh optimizer "
+                              "(from step 0, or from the --continue-from step); a resumed "
+                              "run does not warm up again")
     clip: float = _f(1.0, "gradient-norm clip, 0: off")
     seed: int = _f(0, "random seed")
     log_every: int = _f(100, "steps per log line")
@@ -74,6 +75,10 @@ class TrainConfig:
                                 "preset, or of its version without the context model")
     init_transforms: str | None = _f(None, "start the transforms from another model's exported "
                                            "weights, any quantizer, when OUT has no checkpoint")
+    continue_from: str | None = _f(None, "when OUT has no checkpoint, continue the run whose "
+                                         "exported weights these are (the same model; fresh "
+                                         "optimizer): its steps, crops, GPU time, lr schedule "
+                                         "and history go on, --steps is the total")
     resume: bool = _f(True, "continue from OUT's checkpoint if there is one")
     ckpt_moments: str = _f("bfloat16", "dtype of Adam moments in checkpoints (float32: exact "
                                        "resume; bfloat16: smaller parts)")
@@ -145,6 +150,9 @@ def _recipe_problems(cfg: TrainConfig) -> list[str]:
          f"unknown --compile-transforms mode {cfg.compile_transforms!r} (one of "
          f"{', '.join(COMPILE_MODES)})"),
         (not (cfg.init and cfg.init_transforms), "give --init or --init-transforms, not both"),
+        (not (cfg.continue_from and (cfg.init or cfg.init_transforms)),
+         "--continue-from starts from the run's own weights: give it without --init and "
+         "--init-transforms"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -182,6 +190,42 @@ def _init_problems(flag: str, path: str | None, spec: ModelSpec) -> list[str]:
     return []
 
 
+def spec_difference(ours: ModelSpec, theirs: ModelSpec) -> str:
+    """Where ``theirs`` differs from this run's spec, field by field."""
+    a, b = ours.to_dict(), theirs.to_dict()
+    return ", ".join(f"{k}={b[k]!r} (this run: {v!r})" for k, v in a.items() if b[k] != v)
+
+
+def _continue_problems(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
+    """--continue-from: the same model's weights, at a step short of this run's end (unless
+    OUT's checkpoint, which wins, makes them irrelevant)."""
+    from lsq.models.weights_file import WeightsFileError, read_config
+
+    from .checkpoint import exists
+
+    path = cfg.continue_from
+    if not path:
+        return []
+    if not Path(path).is_file():
+        return [f"--continue-from {path}: no such file"]
+    try:
+        config = read_config(path)
+        theirs = ModelSpec.from_weights_config(config)
+    except (WeightsFileError, SpecError) as e:
+        return [f"--continue-from: {e}"]
+    if theirs != spec:
+        return [f"--continue-from {path} holds another model ({spec_difference(spec, theirs)}); "
+                "it continues the same model only (--init-transforms starts another)"]
+    steps = config.get("steps")
+    if type(steps) is not int or steps < 1:
+        return [f"--continue-from {path} records no training steps (--init starts from it)"]
+    end = min(cfg.steps, cfg.stop_step or cfg.steps)
+    if end <= steps and not (cfg.resume and exists(cfg.out)):
+        return [f"--continue-from {path} is at step {steps} already, this run ends at step "
+                f"{end} (--steps is the run's total, not this session's)"]
+    return []
+
+
 def check(cfg: TrainConfig, data_given: bool = False) -> ModelSpec:
     """The run's ModelSpec, or ConfigError naming everything wrong with ``cfg``
     (``data_given``: the caller hands the images over itself)."""
@@ -197,6 +241,7 @@ def check(cfg: TrainConfig, data_given: bool = False) -> ModelSpec:
         problems += _quality_problems(cfg, spec)
         problems += _init_problems("--init", cfg.init, spec)
         problems += _init_problems("--init-transforms", cfg.init_transforms, spec)
+        problems += _continue_problems(cfg, spec)
     if problems:
         raise ConfigError("; ".join(problems))
     return spec

@@ -1,7 +1,8 @@
 """Exported weights: a checkpoint's model, after ``update(force=True)``, as one safetensors
 file whose config holds the ModelSpec verbatim beside the registry's keys and how the
-weights were trained. ``python -m lsq.training.export RUNS_DIR OUT_DIR`` exports the latest
-checkpoint of every run folder (runs stopped by a time limit have no final export)."""
+weights were trained (totals, and the run's history: ``sessions``). ``python -m
+lsq.training.export RUNS_DIR OUT_DIR`` exports the latest checkpoint of every run folder
+(runs stopped by a time limit have no final export)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from pathlib import Path
 
 from lsq.models.spec import ModelSpec
 
-from . import checkpoint
+from . import checkpoint, sessions
 
 FINAL = "final.safetensors"
 #: Default quality of a model trained from scratch, until Kodak calibrates it (about 0.5 bpp).
 UNCALIBRATED_QUALITY = 2.75
 META_KEYS = (
     "name", "family", "qualities", "default_quality", "codec_options", "N", "M", "spec",
-    "steps", "images_seen", "batch", "crop", "data", "gpu_time", "command",
+    "steps", "images_seen", "batch", "crop", "data", "gpu_time", "command", "sessions",
 )
 
 
@@ -40,14 +41,16 @@ def export_weights(ckpt: str | os.PathLike | dict, out_path: str | os.PathLike,
     model = spec.build()
     model.load_state_dict(state["model"])
     model.update(force=True)
+    start = sessions.from_checkpoint(state, cfg["out"])  # the accounting of older ones too
     full = {
-        "name": cfg.get("name") or Path(cfg["out"]).name, **spec.weights_config(),
+        "name": state.get("name") or cfg.get("name") or Path(cfg["out"]).name,
+        **spec.weights_config(),
         "default_quality": state.get("default_quality") or min(
             max(UNCALIBRATED_QUALITY, spec.qualities[0]), spec.qualities[1]),
-        "steps": state["step"], "images_seen": state["step"] * cfg["batch"] * state["world_size"],
+        "steps": state["step"], "images_seen": start.images_seen,
         "batch": cfg["batch"], "crop": cfg["crop"], "data": state.get("data"),
         "gpu_time": round(state.get("elapsed_s", 0.0), 1), "command": state.get("command"),
-        **(meta or {}),
+        "sessions": start.history, **(meta or {}),
     }
     return save(model.state_dict(), out_path, full, half=half)
 

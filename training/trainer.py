@@ -20,11 +20,11 @@ from torch import nn
 from lsq.models.spec import ModelSpec, SpecError
 
 from . import callbacks as cb
-from . import checkpoint, distributed, throughput
-from .config import ConfigError, TrainConfig, check
+from . import checkpoint, distributed, sessions, throughput
+from .config import ConfigError, TrainConfig, check, spec_difference
 from .data import CropSampler, load_data, tiles
 from .step import Optimizers, train_step
-from .warm_start import shipped_init, transplant, warm_start
+from .warm_start import continue_weights, shipped_init, transplant, warm_start
 
 ACTIONS = ("rollback", "stop", "checkpoint")
 Data = tuple[Sequence[np.ndarray], Sequence[np.ndarray], str]
@@ -44,20 +44,23 @@ class Run:
     world: int = 1
     data_desc: str = ""
     default_quality: float | None = None
+    name: str | None = None
+    start: sessions.Start = dataclasses.field(default_factory=sessions.Start)
 
 
 class Trainer:
     """Steps ``run`` to ``end`` (its steps or stop step), asking the callbacks at every check
     point (each step; every 20 with several processes) whether to roll back, stop or save."""
 
-    def __init__(self, run: Run, callbacks: Sequence[cb.Callback], step: int = 0,
-                 elapsed_s: float = 0.0, lr_scale: float = 1.0, t_start: float | None = None,
+    def __init__(self, run: Run, callbacks: Sequence[cb.Callback], t_start: float | None = None,
                  ) -> None:
         self.setup, self.cfg, self.model, self.opts = run, run.cfg, run.model, run.opts
         self.world, self.is_main, self.device = run.world, run.rank == 0, run.device
         self.net = distributed.wrap(run.model, run.world, run.device)
         self.callbacks = list(callbacks)
-        self.step, self.elapsed_before, self.lr_scale, self.rollbacks = step, elapsed_s, lr_scale, 0
+        start = run.start
+        self.step, self.elapsed_before, self.rollbacks = start.step, start.gpu_time, 0
+        self.lr_scale, self.warmup_from = start.lr_scale, start.warmup_from
         self.end = min(self.cfg.steps, self.cfg.stop_step or self.cfg.steps)
         self.out_dir = Path(self.cfg.out)
         self.crops_per_step = self.cfg.batch * self.world
@@ -71,6 +74,11 @@ class Trainer:
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.t_loop
+
+    def images_seen(self) -> int:
+        """Crops trained on over the whole run, whatever the batch of earlier processes."""
+        start = self.setup.start
+        return start.images_seen + (self.step - start.step) * self.crops_per_step
 
     def emit(self, line: str) -> None:
         if self.is_main:
@@ -90,13 +98,18 @@ class Trainer:
         run = self.setup
         rng = distributed.gather(checkpoint.rng_state(run.sampler.get_state(), self.device),
                                  self.world)
+        command = shlex.join([sys.executable, *sys.argv])
+        elapsed, images = self.elapsed(), self.images_seen()
         return {
-            "format": 2, "step": self.step, "elapsed_s": self.elapsed(),
+            "format": 2, "step": self.step, "elapsed_s": elapsed, "images_seen": images,
             "config": dataclasses.asdict(self.cfg), "spec": run.spec.to_dict(),
-            "data": run.data_desc, "command": shlex.join([sys.executable, *sys.argv]),
+            "data": run.data_desc, "command": command, "name": run.name,
             "default_quality": run.default_quality, "model": self.model.state_dict(),
             **self.opts.state_dict(getattr(torch, self.cfg.ckpt_moments)),
             "rng": rng, "world_size": self.world, "lr_scale": self.lr_scale,
+            "warmup_from": self.warmup_from,
+            "sessions": run.start.sessions(self.step, images, elapsed, self.cfg.batch,
+                                           self.world, command),
         }
 
     def save(self) -> None:
@@ -168,9 +181,44 @@ def default_callbacks(cfg: TrainConfig, crops: torch.Tensor | None, world: int
     ]
 
 
-def _start_weights(run: Run, is_main: bool) -> None:
-    """--init / --init-transforms for a run without a checkpoint."""
+def _init(run: Run, init: str, is_main: bool) -> sessions.Start:
+    """--init: exported weights (of this model or its version without the context model)."""
+    from lsq.models.weights_file import read_config
+
+    fresh = warm_start(run.model, init)
+    shipped = read_config(init)["default_quality"]
+    low, high = run.spec.qualities
+    if run.default_quality is None and low <= shipped <= high:
+        run.default_quality = shipped
+    if is_main:
+        print(f"[train] --init {init}" + (f": {', '.join(fresh)} start fresh" if fresh
+                                          else ""), flush=True)
+    return sessions.Start("init", init)
+
+
+def _continue(run: Run, is_main: bool) -> sessions.Start:
+    """--continue-from: the run's exported weights and its accounting, a fresh optimizer,
+    and random streams seeded from the step (as a resume on another world size does)."""
+    from lsq.models.weights_file import read_config
+
+    path = run.cfg.continue_from
+    config = read_config(path)
+    start = sessions.from_weights(config, path, continue_weights(run.model, path))
+    if run.default_quality is None:
+        run.default_quality = config["default_quality"]
+    run.name = run.name or config["name"]
+    _reseed(run, start.step)
+    if is_main:
+        print(f"[train] continue {path} at step {start.step} (fresh optimizer, re-warm-up "
+              f"{run.cfg.warmup_steps} steps)", flush=True)
+    return start
+
+
+def _start_weights(run: Run, is_main: bool) -> sessions.Start:
+    """--continue-from / --init / --init-transforms for a run without a checkpoint."""
     cfg = run.cfg
+    if cfg.continue_from:
+        return _continue(run, is_main)
     init = cfg.init
     if init == "auto":
         from lsq.models.registry import weights_dir
@@ -178,40 +226,42 @@ def _start_weights(run: Run, is_main: bool) -> None:
         found = shipped_init(run.spec, cfg.name or Path(cfg.out).name, weights_dir())
         init = str(found) if found else None
     if init:
-        from lsq.models.weights_file import read_config
-
-        fresh = warm_start(run.model, init)
-        shipped = read_config(init)["default_quality"]
-        low, high = run.spec.qualities
-        if run.default_quality is None and low <= shipped <= high:
-            run.default_quality = shipped
-        if is_main:
-            print(f"[train] --init {init}" + (f": {', '.join(fresh)} start fresh" if fresh
-                                              else ""), flush=True)
+        return _init(run, init, is_main)
     if cfg.init_transforms:
         fresh = transplant(run.model, cfg.init_transforms)
         if is_main:
             print(f"[train] --init-transforms {cfg.init_transforms}: {len(fresh)} tensors "
                   f"start fresh: {', '.join(fresh[:12])}", flush=True)
+        return sessions.Start("init-transforms", cfg.init_transforms)
+    return sessions.Start()
 
 
-def _resume(run: Run, state: dict) -> None:
+def _reseed(run: Run, step: int) -> None:
+    """Fresh random streams for a run taken up at ``step`` without its saved ones."""
+    checkpoint.seed_everything(run.cfg.seed, run.rank, step)
+    run.sampler.rng = np.random.default_rng(
+        np.random.SeedSequence([run.cfg.seed, run.rank, step]))
+
+
+def _resume(run: Run, state: dict) -> sessions.Start:
     """Load a checkpoint into ``run``: refused if it holds another model."""
+    cfg = run.cfg
     theirs = ModelSpec.from_dict(state["spec"])
     if theirs != run.spec:
-        diff = [k for k, v in run.spec.to_dict().items() if theirs.to_dict().get(k) != v]
-        raise ConfigError(f"the checkpoint in {run.cfg.out} holds another model ({', '.join(diff)}"
-                          f": {', '.join(f'{k}={theirs.to_dict()[k]!r}' for k in diff)})")
+        raise ConfigError(f"the checkpoint in {cfg.out} holds another model "
+                          f"({spec_difference(run.spec, theirs)})")
     run.model.load_state_dict(state["model"])
     run.opts.load_state_dict(state)
     run.default_quality = run.default_quality or state.get("default_quality")
-    cfg = run.cfg
+    run.name = run.name or state.get("name")
     if len(state["rng"]) == run.world:
         run.sampler.set_state(checkpoint.set_rng_state(state["rng"][run.rank], run.device))
     else:  # another world size: fresh streams, same result up to data order
-        checkpoint.seed_everything(cfg.seed, run.rank, state["step"])
-        run.sampler.rng = np.random.default_rng(
-            np.random.SeedSequence([cfg.seed, run.rank, state["step"]]))
+        _reseed(run, state["step"])
+    if cfg.continue_from and run.rank == 0:
+        print(f"[train] {cfg.out} has a checkpoint at step {state['step']}: resumed from it, "
+              f"--continue-from {cfg.continue_from} not used", flush=True)
+    return sessions.from_checkpoint(state, cfg.out)
 
 
 def train(cfg: TrainConfig, data: Data | None = None,
@@ -236,24 +286,17 @@ def train(cfg: TrainConfig, data: Data | None = None,
     except (OSError, ValueError) as e:  # a missing folder, a damaged shard, too small images
         raise ConfigError(f"training data: {e}") from None
     run = Run(cfg, spec, model, Optimizers(model, cfg.lr, cfg.aux_lr), sampler, device, rank,
-              world, desc, cfg.default_quality)
+              world, desc, cfg.default_quality, cfg.name)
     checkpoint.seed_everything(cfg.seed, rank, 0)
     out_dir = Path(cfg.out)
     state = checkpoint.load(out_dir) if cfg.resume and checkpoint.exists(out_dir) else None
-    if state is None:
-        _start_weights(run, rank == 0)
-    else:
-        _resume(run, state)
+    run.start = _start_weights(run, rank == 0) if state is None else _resume(run, state)
     throughput.prepare(model, device, cfg.bf16, cfg.channels_last, cfg.compile,
                        cfg.compile_transforms)
     if rank == 0:  # only now: a run refused above leaves no folder behind
         out_dir.mkdir(parents=True, exist_ok=True)
     crops = tiles(val_imgs, cfg.val_crop, device) if rank == 0 else None
-    trainer = Trainer(run, callbacks or default_callbacks(cfg, crops, world),
-                      **({} if state is None else {"step": state["step"],
-                                                   "elapsed_s": state["elapsed_s"],
-                                                   "lr_scale": state["lr_scale"]}),
-                      t_start=t_start)
+    trainer = Trainer(run, callbacks or default_callbacks(cfg, crops, world), t_start=t_start)
     trainer.emit(f"[train] {desc}; {run.sampler.skipped} smaller than {cfg.crop} px skipped; "
                  f"{0 if crops is None else len(crops)} held-out crops of {cfg.val_crop} px; "
                  f"device {device} x{world}; start step {trainer.step}/{trainer.end}")

@@ -1,6 +1,7 @@
 """Starting a run from exported weights instead of a checkpoint (a fresh optimizer): the
-same model's weights (``--init``, also the fallback when a run's checkpoint is lost), or
-another model's transforms (``--init-transforms``)."""
+run's own weights, which it continues (``--continue-from``, the fallback when a run's
+checkpoint is lost), the same model's from step 0 (``--init``), or another model's
+transforms (``--init-transforms``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,23 @@ def warm_start(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[st
         raise ConfigError(f"--init does not fit this model: missing {missing[:4]}, "
                           f"unexpected {unexpected[:4]}")
     return sorted({".".join(k.split(".")[:3]) for k in missing})
+
+
+def continue_weights(model: nn.Module, path: str) -> bool:
+    """Load the run's own exported weights: every tensor, nothing more (the same spec).
+    Returns whether the file held some as fp16 (the boundary then costs their rounding)."""
+    from lsq.models.weights_file import WeightsFileError, load_stored
+
+    try:
+        stored = load_stored(path)
+    except WeightsFileError as e:
+        raise ConfigError(f"--continue-from: {e}") from None
+    try:
+        model.load_state_dict(stored)
+    except RuntimeError as e:
+        raise ConfigError(f"--continue-from {path} does not fit this model: {str(e)[:300]}"
+                          ) from None
+    return any(t.dtype == torch.float16 for t in stored.values())
 
 
 def transplant(model: nn.Module, init: str | dict[str, torch.Tensor]) -> list[str]:
