@@ -646,6 +646,39 @@ def test_divergence_rolls_back_to_the_last_checkpoint_with_half_the_lr(images, t
     assert (tmp_path / FINAL).is_file()
 
 
+@pytest.mark.parametrize(("losses", "flagged"), [
+    ([2.0, 2.2, 1.9, 2.1, 25.0], 4),          # a finite spike
+    ([2.0, 2.2, float("nan")], 2),            # a non-finite loss
+    ([400.0, 90.0, 30.0, 9.0, 3.0, 2.0], None),  # early training falls: never a spike
+    ([2.0, 2.0, 19.0, 2.0], None),            # under ten times the running mean
+])
+def test_divergence_is_a_non_finite_or_spiking_loss(losses, flagged):
+    rollback = cb.DivergenceRollback()
+    seen = []
+    for i, loss in enumerate(losses):
+        rollback.on_step_end(None, torch.tensor([loss, 1.0, 0.01, 20.0, 5.0]))
+        seen.append(rollback.request(None))
+        if seen[-1]:
+            assert i == flagged
+            break
+    assert seen.count("rollback") == (flagged is not None)
+
+
+def test_a_finite_loss_spike_rolls_back_with_half_the_lr(images, tmp_path, monkeypatch):
+    real, calls = trainer.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(len(calls) + 1)
+        stats = real(*args, **kwargs)
+        return stats * 1000 if calls[-1] == 7 else stats
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    result = train(tiny_config(tmp_path), images)
+    assert [r for r in read_log(tmp_path) if "rollback_from" in r] == [
+        {"step": 0, "rollback_from": 7, "lr_scale": 0.5}]
+    assert result["step"] == 12 and checkpoint.load(tmp_path)["lr_scale"] == 0.5
+
+
 def test_a_run_that_keeps_diverging_stops_and_keeps_its_finite_checkpoint(images, tmp_path,
                                                                            monkeypatch):
     poisoned_train_step(monkeypatch, lambda call: call % 3 == 0)

@@ -82,6 +82,18 @@ def test_a_continued_run_counts_on_and_keeps_the_lr_schedule(images, first_sessi
                                         7: LR / 10, 8: LR / 10})
 
 
+def test_a_continue_keeps_the_learning_rate_its_rollbacks_halved(images, first_session,
+                                                                 tmp_path):
+    state = checkpoint.load(first_session.parent / "run")
+    state["lr_scale"] = 0.5  # as one rollback leaves it
+    halved = export.export_weights(state, tmp_path / "flag.safetensors")
+    assert config_of(halved)["lr_scale"] == 0.5
+    run = tmp_path / "second"
+    train(tiny(run, continue_from=str(halved)), images)
+    assert lrs(run) == pytest.approx({5: LR / 4, 6: LR / 2, 7: LR / 20, 8: LR / 20})
+    assert checkpoint.load(run)["lr_scale"] == 0.5
+
+
 def first_loss(run: Path) -> float:
     return json.loads((run / "log.jsonl").read_text().splitlines()[0])["loss"]
 

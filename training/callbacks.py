@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 MAX_ROLLBACKS = 3  # a run that diverges again after this many halvings of lr stops
+SPIKE = 10.0  # a step whose loss is this many times the running mean rolls back
+SPIKE_DECAY = 0.99  # of that running mean, per accepted step
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,16 +95,29 @@ class TimeBudget(Callback):
         return "stop" if over or (self.until is not None and time.time() >= self.until) else None
 
 
-class NonFiniteRollback(Callback):
-    """After a non-finite loss, back to the last checkpoint (every run has one: the first is
-    written before step one) with half the learning rate; TrainingDiverged after
-    MAX_ROLLBACKS of them."""
+class DivergenceRollback(Callback):
+    """After a non-finite loss or a loss spike, back to the last checkpoint (every run has
+    one: the first is written before step one) with half the learning rate; TrainingDiverged
+    after MAX_ROLLBACKS of them.
+
+    A spike is a step whose loss exceeds SPIKE times the running mean of the accepted
+    steps' losses: a finite blow-up (a step of loss 1e12, its PSNR at 10 dB) leaves weights
+    that take thousands of steps to recover, or never do. Only upward jumps count, so the
+    falling loss of early training never triggers it. The test stays on the device (no
+    host sync)."""
 
     def __init__(self) -> None:
         self.bad: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None  # running mean of accepted losses; nan: none yet
 
     def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
-        bad = ~torch.isfinite(stats).all()
+        loss = stats[0]
+        if self.mean is None:
+            self.mean = torch.full_like(loss, float("nan"))
+        bad = ~torch.isfinite(stats).all() | (loss > SPIKE * self.mean)
+        accepted = torch.where(self.mean.isnan(), loss, SPIKE_DECAY * self.mean
+                               + (1 - SPIKE_DECAY) * loss)
+        self.mean = torch.where(bad, self.mean, accepted)
         self.bad = bad if self.bad is None else self.bad | bad
 
     def request(self, t: Trainer) -> str | None:
@@ -111,9 +126,9 @@ class NonFiniteRollback(Callback):
     def on_rollback(self, t: Trainer, from_step: int) -> None:
         if t.rollbacks == MAX_ROLLBACKS:
             raise TrainingDiverged(
-                f"training diverged (non-finite loss) at step {from_step} after {t.rollbacks} "
-                f"rollbacks with the learning rate halved each time; the checkpoint in "
-                f"{t.out_dir} holds the last finite state")
+                f"training diverged (non-finite or spiking loss) at step {from_step} after "
+                f"{t.rollbacks} rollbacks with the learning rate halved each time; the "
+                f"checkpoint in {t.out_dir} holds the last sound state")
         t.lr_scale, t.rollbacks = t.lr_scale / 2, t.rollbacks + 1
         self.bad = None
         t.log({"step": t.step, "rollback_from": from_step, "lr_scale": t.lr_scale})

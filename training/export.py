@@ -22,7 +22,8 @@ FINAL = "final.safetensors"
 UNCALIBRATED_QUALITY = 2.75
 META_KEYS = (
     "name", "family", "qualities", "default_quality", "codec_options", "N", "M", "spec",
-    "steps", "images_seen", "batch", "crop", "data", "gpu_time", "command", "sessions",
+    "steps", "images_seen", "batch", "crop", "data", "gpu_time", "lr_scale", "command",
+    "sessions",
 )
 
 
@@ -49,7 +50,8 @@ def export_weights(ckpt: str | os.PathLike | dict, out_path: str | os.PathLike,
             max(UNCALIBRATED_QUALITY, spec.qualities[0]), spec.qualities[1]),
         "steps": state["step"], "images_seen": start.images_seen,
         "batch": cfg["batch"], "crop": cfg["crop"], "data": state.get("data"),
-        "gpu_time": round(state.get("elapsed_s", 0.0), 1), "command": state.get("command"),
+        "gpu_time": round(state.get("elapsed_s", 0.0), 1),
+        "lr_scale": state.get("lr_scale", 1.0), "command": state.get("command"),
         "sessions": start.history, **(meta or {}),
     }
     return save(model.state_dict(), out_path, full, half=half)

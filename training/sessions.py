@@ -65,10 +65,12 @@ def from_checkpoint(state: Mapping, folder: str) -> Start:
 
 def from_weights(config: Mapping, path: str, fp16: bool) -> Start:
     """A continue from exported weights (config: ``read_config``): their steps, crops, GPU
-    time and history go on; the optimizer starts fresh here."""
+    time, the learning-rate scale its rollbacks left and the history go on; the optimizer
+    starts fresh here."""
     step = config["steps"]
     images, gpu_time = config.get("images_seen", 0), config.get("gpu_time", 0.0)
     history = config.get("sessions")
     if history is None:
         history = _unrecorded(step, images, gpu_time, config.get("history"))
-    return Start("continue", path, step, images, gpu_time, step, 1.0, list(history), fp16)
+    return Start("continue", path, step, images, gpu_time, step, config.get("lr_scale", 1.0),
+                 list(history), fp16)

@@ -175,7 +175,7 @@ def default_callbacks(cfg: TrainConfig, crops: torch.Tensor | None, world: int
     return [
         cb.LrSchedule(cfg.lr, factor, cfg.warmup_steps, int(cfg.lr_drop_at * cfg.steps),
                       cfg.lr_drop_minutes),
-        cb.NonFiniteRollback(), cb.TimeBudget(cfg.max_minutes, cfg.stop_time),
+        cb.DivergenceRollback(), cb.TimeBudget(cfg.max_minutes, cfg.stop_time),
         cb.PeriodicCheckpoint(cfg.ckpt_minutes), cb.Logger(cfg.log_every),
         cb.Validation(crops, cfg.val_every, cfg.batch, cfg.channels_last), cb.Export(),
     ]
