@@ -17,7 +17,9 @@ untrained weights: timing only) compress + decompress of the same padded image.
 
 --workers N is batch mode: N processes share the images (on --device, e.g. cuda: one GPU
 serves them all while the range coding runs on the CPU cores) and the result is images per
-second each way, from the slowest worker's wall time of each phase.
+second each way, from the slowest worker's wall time of each phase. Each worker runs
+--threads torch threads, by default the cores divided among the workers (more would
+oversubscribe them).
 """
 
 from __future__ import annotations
@@ -170,8 +172,7 @@ def _worker(images: list[Path], args: argparse.Namespace, barrier, results) -> N
 
     from lsq.image_codec import decode_image, encode_image
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     imgs = []
     for path in images:
         with Image.open(path) as src:
@@ -191,6 +192,7 @@ def _worker(images: list[Path], args: argparse.Namespace, barrier, results) -> N
 def batch(images: list[Path], args: argparse.Namespace) -> None:
     """Images per second each way with --workers processes sharing the images."""
     ctx = mp.get_context("spawn")
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     barrier, results = ctx.Barrier(args.workers), ctx.Queue()
     shares = [images[i :: args.workers] for i in range(args.workers)]
     procs = [ctx.Process(target=_worker, args=(share, args, barrier, results))
@@ -203,7 +205,8 @@ def batch(images: list[Path], args: argparse.Namespace) -> None:
     if any(p.exitcode for p in procs):
         raise SystemExit("a worker failed")
     encode_s, decode_s = (max(t[i] for t in times) for i in range(2))
-    print(f"{len(images)} images, {args.workers} workers on {args.device}: "
+    print(f"{len(images)} images, {args.workers} workers x {args.threads} threads on "
+          f"{args.device}: "
           f"encode {len(images) / encode_s:.1f} images/s ({encode_s:.2f} s), "
           f"decode {len(images) / decode_s:.1f} images/s ({decode_s:.2f} s)")
 
