@@ -24,9 +24,10 @@ import torch
 from lsq.codec import leech
 
 BLOCK = 24
-PROXIES = ("ste", "noise", "mixed", "dither", "dither-rate")
 #: The proxies of the quantizers that are not lattices (subtractive dither needs one).
 UNDITHERED_PROXIES = ("ste", "noise", "mixed")
+DITHERS = ("dither", "dither-rate")
+PROXIES = UNDITHERED_PROXIES + DITHERS
 #: Step that gives the integer-frame Leech lattice (volume 8**12) unit density per dimension.
 LEECH_UNIT_STEP = 0.3535533905932738  # 2 ** -1.5 (0x1.6a09e667f3bcdp-2), the same float everywhere
 SHELL_NORM = math.sqrt(32.0)
@@ -76,27 +77,23 @@ def _check_proxy(kind: str, accepted: tuple[str, ...] = PROXIES) -> None:
                          f"{accepted}")
 
 
-def dithered(v: torch.Tensor, u: torch.Tensor, point: torch.Tensor, hard: torch.Tensor,
-             kind: str) -> Proxy:
-    """The subtractive-dither proxies on a lattice L with quantizer Q, for v in lattice units.
+def dithered(v: torch.Tensor, u: torch.Tensor, point: torch.Tensor) -> Proxy:
+    """The subtractive-dither proxy on a lattice L with quantizer Q, for v in lattice units.
 
-    ``u`` is uniform over the Voronoi cell V, ``point`` = Q(v + u) and ``hard`` = Q(v)
-    (straight-through to v). The rate input is ``point``, straight-through to v + u: a lattice
-    point, so the prior is evaluated as the pmf it is (never above 1, which a density taken
-    at v + u can be), and the rate term is the code length of a subtractive-dither coder.
+    ``u`` is uniform over the Voronoi cell V and ``point`` = Q(v + u). The rate input is
+    ``point``, straight-through to v + u: a lattice point, so the prior is evaluated as the
+    pmf it is (never above 1, which a density taken at v + u can be), and the rate term is
+    the code length of a subtractive-dither coder.
     Q(v + u) = p exactly when u lies in (p - v) + V, so its expectation over u,
     E_u[-log P(Q(v + u))] = sum over p in L of -log P(p) vol(V ∩ (V + p - v)) / vol(V),
     is an average of true code lengths whose weights (summing to 1) vary continuously with
     v, where -log P(Q(v)) jumps at every cell boundary. The reconstruction (``"dither"``) is
     point - u, straight-through to v: by the crypto lemma (v + u is uniform modulo L for
     every v), its error Q(v + u) - (v + u) is uniform over V and independent of v, the
-    additive-noise model of ``"noise"``; ``"dither-rate"`` keeps ``hard``, so the rate
-    term's effect is measured alone.
+    additive-noise model of ``"noise"``. ``"dither-rate"`` replaces it with the hard point
+    Q(v), straight-through to v, so the rate term's effect is measured alone.
     """
-    rate = straight_through(v + u, point)
-    if kind == "dither":
-        return Proxy(rate, straight_through(v, point - u))
-    return Proxy(rate, hard)
+    return Proxy(straight_through(v + u, point), straight_through(v, point - u))
 
 
 class ScalarQuantizer:
@@ -117,7 +114,8 @@ class ScalarQuantizer:
             return Proxy(y + u, y + u)
         if kind == "mixed":
             return Proxy(y + u, hard)
-        return dithered(y, u, self.quantize((y + u).detach(), means), hard, kind)
+        p = dithered(y, u, self.quantize((y + u).detach(), means))
+        return p if kind == "dither" else p._replace(recon=hard)
 
     def symbols(self, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         return torch.round(y - means).to(torch.int64)
@@ -171,14 +169,21 @@ class LeechQuantizer:
         """
         _check_proxy(kind)
         v = y / step
-        hard = straight_through(v, self.nearest(v.detach()).to(v.dtype))
-        if kind in ("ste", "mixed"):
-            return Proxy(hard, hard * step)
-        u = leech_cell_noise(v.shape, v.device, v.dtype, self.nearest)
+        if kind in DITHERS:
+            u = leech_cell_noise(v.shape, v.device, v.dtype, self.nearest)
+            p = dithered(v, u, self.nearest((v + u).detach()).to(v.dtype))
+            if kind == "dither-rate":
+                p = p._replace(recon=self._hard(v))
+            return Proxy(p.rate_input, p.recon * step)
+        hard = self._hard(v)
         if kind == "noise":
+            u = leech_cell_noise(v.shape, v.device, v.dtype, self.nearest)
             return Proxy(hard, (v + u) * step)
-        p = dithered(v, u, self.nearest((v + u).detach()).to(v.dtype), hard, kind)
-        return Proxy(p.rate_input, p.recon * step)
+        return Proxy(hard, hard * step)
+
+    def _hard(self, v: torch.Tensor) -> torch.Tensor:
+        """Q(v), straight-through to v."""
+        return straight_through(v, self.nearest(v.detach()).to(v.dtype))
 
     def symbols(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         return leech.nearest((y / step).detach())
