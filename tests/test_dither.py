@@ -18,7 +18,11 @@ from lsq.codec import leech
 from lsq.codec.lattice_prior import leech_log_prob_centred
 from lsq.codec.quantizers import LeechQuantizer, ScalarQuantizer, SphericalLeechQuantizer
 from lsq.models.hyperprior import build_model
-from lsq.models.latent_codecs import LeechLatentCodec, SphericalLeechLatentCodec
+from lsq.models.latent_codecs import (
+    LeechHybridLatentCodec,
+    LeechLatentCodec,
+    SphericalLeechLatentCodec,
+)
 from lsq.models.spec import PRESETS, ModelSpec, SpecError
 from lsq.training import ConfigError, export, train
 from lsq.training.cli import parse_args
@@ -115,11 +119,21 @@ def test_scalar_dither_on_the_integers() -> None:
     assert torch.allclose(grad, torch.full_like(y, 2.0))
 
 
-@pytest.mark.parametrize("compand", ["none", "block"])
+CODECS = {
+    "leech": lambda kind: LeechLatentCodec(48, kind),
+    "leech-compand": lambda kind: LeechLatentCodec(48, kind, compand="block"),
+    "leech-origin": lambda kind: LeechLatentCodec(48, kind, mean_shift=False),
+    "leech-hybrid": lambda kind: LeechHybridLatentCodec(48, kind),
+}
+
+
+@pytest.mark.parametrize("codec_name", list(CODECS))
 @pytest.mark.parametrize("kind", ["dither", "dither-rate"])
-def test_leech_codec_trains_on_the_dither_and_codes_without_it(compand: str, kind: str) -> None:
+def test_leech_codecs_train_on_the_dither_and_code_without_it(codec_name: str, kind: str) -> None:
+    """Gradients reach y through the reconstruction and y and the hyper parameters through
+    the rate; in eval mode the output is the straight-through model's, to the bit."""
     torch.manual_seed(7)
-    codec = LeechLatentCodec(48, kind, compand=compand)
+    codec = CODECS[codec_name](kind)
     y = (torch.randn(2, 48, 4, 4) * 3).requires_grad_()
     params = torch.cat([torch.rand(2, 48, 4, 4) + 0.5, torch.randn(2, 48, 4, 4)], 1)
     params.requires_grad_()
@@ -132,11 +146,16 @@ def test_leech_codec_trains_on_the_dither_and_codes_without_it(compand: str, kin
     with torch.no_grad():
         hard = codec(y, params)
         again = codec(y, params)
-        reference = LeechLatentCodec(48, "ste", compand=compand).eval()
+        reference = CODECS[codec_name]("ste").eval()
         reference.load_state_dict(codec.state_dict())
         ste = reference(y, params)
     assert torch.equal(hard[0], again[0]) and torch.equal(hard[0], ste[0])
     assert torch.equal(hard[1]["y"], ste[1]["y"])
+    # in training the dithered rate is another one, and only "dither" moves the output
+    with torch.no_grad():
+        trained_ste = reference.train()(y, params)
+    assert not torch.equal(lik["y"], trained_ste[1]["y"])
+    assert torch.equal(y_hat.detach(), trained_ste[0]) == (kind == "dither-rate")
 
 
 @pytest.mark.parametrize("quantizer", ["leech", "leech-hybrid"])
