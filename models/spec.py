@@ -159,6 +159,10 @@ class ModelSpec:
         if self.proxy not in PROXIES:
             raise SpecError("proxy", f"unknown {self.proxy!r}; expected one of "
                                      f"{', '.join(PROXIES)}")
+        takes = LATENT_CODECS[self.latent_codec].proxies
+        if self.proxy not in takes:
+            raise SpecError("proxy", f"{self.latent_codec} takes no {self.proxy!r} (not a "
+                                     f"lattice); expected one of {', '.join(takes)}")
         if self.context not in CONTEXTS:
             raise SpecError("context", f"unknown {self.context!r}; expected one of "
                                        f"{', '.join(CONTEXTS)}")
@@ -310,10 +314,12 @@ _FLAGSHIP = {"group_transform": "full", "groups": (24, 24, 48, 96, 144)}
 _FLAGSHIP_CKBD = {**_FLAGSHIP, "checkerboard": True}
 
 #: Named models: the shipped ones, under their weights files' names too (bsq's name its
-#: fixed quality), the separable channel-groups models, and the flagship's Λ24 model and
-#: rounding twin, without and with the checkerboard.
+#: fixed quality), the dithered training proxies of `leech`, the separable channel-groups
+#: models, and the flagship's Λ24 model and rounding twin, without and with the checkerboard.
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "leech": ModelSpec("leech"),
+    "leech-dither": ModelSpec("leech", proxy="dither"),
+    "leech-dither-rate": ModelSpec("leech", proxy="dither-rate"),
     "scalar": ModelSpec("scalar"),
     "leech-hybrid": ModelSpec("leech-hybrid"),
     "leech-compand": ModelSpec("leech", codec_options={"compand": "block"}),

@@ -149,7 +149,7 @@ def test_a_spec_that_disagrees_with_its_file_is_refused(tmp_path: Path,
     config = {"name": "tiny", "default_quality": 3, **TINY.weights_config(),
               "codec_options": same}
     assert ModelSpec.from_weights_config(config) == TINY
-    bad = {**TINY.weights_config(), "spec": {**TINY.to_dict(), "proxy": "dither"}}
+    bad = {**TINY.weights_config(), "spec": {**TINY.to_dict(), "proxy": "gumbel"}}
     with pytest.raises(SpecError, match="proxy"):
         weights_file.save({}, tmp_path / "tiny.safetensors", {**config, **bad})
     # a file written around the check: the registry names it, one line, no traceback
@@ -168,7 +168,8 @@ def test_every_preset_builds_and_round_trips(name: str) -> None:
     assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert ModelSpec.from_weights_config(spec.weights_config()) == spec
     legacy = {k: v for k, v in spec.weights_config().items() if k != "spec"}
-    assert ModelSpec.from_weights_config(legacy) == spec  # every preset trains with "mixed"
+    # files that predate the spec never recorded the proxy: they trained with "mixed"
+    assert ModelSpec.from_weights_config(legacy) == dataclasses.replace(spec, proxy="mixed")
     model = spec.build(for_coding=True)
     assert model.spec is spec and (model.N, model.M) == (spec.N, spec.M)
     assert (model.gains.low, model.gains.high) == spec.qualities
@@ -266,7 +267,7 @@ def test_replace_validates_too() -> None:
     ({"latent_codec": "leech", "qualities": [1, 4.5]}, "qualities", "not an integer"),
     ({"latent_codec": "leech", "qualities": 3}, "qualities", "pair"),
     ({"latent_codec": "bsq", "qualities": [1, 8]}, "qualities", "fixed-rate"),
-    ({"latent_codec": "leech", "proxy": "dither"}, "proxy", "unknown 'dither'"),
+    ({"latent_codec": "leech", "proxy": "gumbel"}, "proxy", "unknown 'gumbel'"),
     ({"latent_codec": "leech", "context": "checkerboard"}, "context", "unknown"),
     ({"latent_codec": "scalar", "codec_options": {"mean_shift": False}},
      "codec_options.mean_shift", "takes no option"),

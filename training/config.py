@@ -36,7 +36,8 @@ class TrainConfig:
     M: int | None = _f(None, "latent channels (default 192)")
     quality_min: int | None = _f(None, "lowest integer quality (default 1)")
     quality_max: int | None = _f(None, "highest quality (default 8); = quality-min: fixed-rate")
-    proxy: str | None = _f(None, "training proxy: ste | noise | mixed (default mixed)")
+    proxy: str | None = _f(None, "training proxy: ste | noise | mixed | dither | dither-rate "
+                                 "(the dithers: scalar, leech, leech-hybrid; default mixed)")
     context: str | None = _f(None, "context model: none | channel-groups")
     lrp: bool | None = _f(None, "latent residual prediction (channel-groups only)")
     group_transform: str | None = _f(None, "channel-groups transforms: separable | full")

@@ -65,12 +65,15 @@ class LatentCodec(nn.Module):
     planes: tuple[int, ...] = ()
     #: Attributes holding the pure-tensor functions of the training rate (``compile_rate``).
     rate_functions: tuple[str, ...] = ()
+    #: The training proxies this codec takes (the dithers need a lattice quantizer).
+    proxies: tuple[str, ...] = PROXIES
 
     def __init__(self, M: int, proxy: str = "mixed") -> None:
         if M % BLOCK:
             raise ValueError(f"M must be a multiple of {BLOCK}, got {M}")
-        if proxy not in PROXIES:
-            raise ValueError(f"unknown training proxy {proxy!r}; expected one of {PROXIES}")
+        if proxy not in self.proxies:
+            raise ValueError(f"{self.name} takes no training proxy {proxy!r}; expected one of "
+                             f"{', '.join(self.proxies)}")
         super().__init__()
         self.M, self.proxy = M, proxy
 

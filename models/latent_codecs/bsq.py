@@ -7,7 +7,7 @@ import torch
 
 from lsq.codec import tables
 from lsq.codec.entropy_coding import Decoder, Encoder
-from lsq.codec.quantizers import BSQQuantizer, from_blocks, to_blocks
+from lsq.codec.quantizers import UNDITHERED_PROXIES, BSQQuantizer, from_blocks, to_blocks
 from lsq.models.latent_codecs.base import LatentCodec, as_numpy
 
 
@@ -22,6 +22,7 @@ class BSQLatentCodec(LatentCodec):
     name = "bsq"
     planes = (24,)
     variable_rate = False
+    proxies = UNDITHERED_PROXIES
 
     def forward(self, y: torch.Tensor, params: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -41,8 +41,10 @@ class LeechLatentCodec(LatentCodec):
     lattice is anchored at the predicted mean: (y - mu) / step is quantized and mu added back,
     so the prior is centred on a lattice point and its partition function takes the fast
     centred form. Without it the lattice is anchored at the origin and the prior's mean is
-    mu / step (the general form, 8,192 cosets). Either way the rate is -log2 P of the lattice
-    point itself (straight-through), never of a noisy value: the prior is a pmf.
+    mu / step (the general form, 8,192 cosets). Either way the rate is -log2 P of a lattice
+    point (straight-through), never of a noisy value: the prior is a pmf. The point is the
+    one (y - anchor) / step snaps to, or under the proxies ``dither`` and ``dither-rate`` the
+    one it snaps to after a dither uniform over the Voronoi cell (``quantizers.dithered``).
 
     With ``compand`` ("block" or "coordinate") the step is ``LEECH_UNIT_STEP`` times a learned
     factor of the bucket that the predicted scale falls in (LVQAC's adaptive companding,

@@ -9,7 +9,13 @@ from torch import nn
 from lsq.codec import tables
 from lsq.codec.entropy_coding import Decoder, Encoder, mean_index, scale_index
 from lsq.codec.leech import compiled_nearest_shell
-from lsq.codec.quantizers import BLOCK, SphericalLeechQuantizer, from_blocks, to_blocks
+from lsq.codec.quantizers import (
+    BLOCK,
+    UNDITHERED_PROXIES,
+    SphericalLeechQuantizer,
+    from_blocks,
+    to_blocks,
+)
 from lsq.codec.shell_coding import ShellCoder
 from lsq.codec.shell_prior import shell_log_prob
 from lsq.models.latent_codecs.base import (
@@ -37,6 +43,7 @@ class SphericalLeechLatentCodec(LatentCodec):
     rate_functions = ("log_prob", "gain_likelihood")
     log_prob = staticmethod(shell_log_prob)
     gain_likelihood = staticmethod(gaussian_likelihood)
+    proxies = UNDITHERED_PROXIES
 
     def __init__(self, M: int, proxy: str = "mixed") -> None:
         super().__init__(M, proxy)
