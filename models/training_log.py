@@ -4,9 +4,11 @@
 
 Writes DIR/NAME.csv (one row per logged interval: step, images/s, loss, bpp, PSNR of the
 training crops at random qualities), DIR/NAME-val.csv (held-out bpp and PSNR per quality)
-and DIR/NAME.png. Several logs are one run continued (``--init`` restarts count from 0):
-each later log's steps are shifted to follow the previous one's last step, or STEP, the
-step of the weights the next log started from (later records of that log are dropped).
+and DIR/NAME.png. Several logs are one run continued: a log that restarted its count
+(``--init``: its first step is not past the run so far) is shifted to follow the previous
+one's last step, or STEP, the step of the weights the next log started from (later
+records of that log are dropped); a log that counts on (``--continue-from``, an exact
+resume) keeps its steps.
 A committed DIR/NAME.csv (with its NAME-val.csv) can stand first, so a later session extends
 the shipped log without the earlier sessions' log.jsonl files.
 """
@@ -47,10 +49,11 @@ def read_logs(specs: list[str]) -> tuple[list[dict], list[dict]]:
         path, _, until = spec.partition(":")
         records = _records(Path(path))
         last = int(until) if until else max((r["step"] for r in records), default=0)
+        shift = 0 if min((r["step"] for r in records), default=0) > offset else offset
         for r in records:
             if r["step"] <= last:
-                (val if "val_images" in r else train).append({**r, "step": r["step"] + offset})
-        offset += last
+                (val if "val_images" in r else train).append({**r, "step": r["step"] + shift})
+        offset = last + shift
     return train, val
 
 

@@ -40,3 +40,12 @@ def test_a_shipped_csv_is_extended_by_a_later_sessions_log(tmp_path):
     for name in ("m.csv", "m-val.csv"):
         shipped_text = (shipped / name).read_text()
         assert (extended / name).read_text().startswith(shipped_text)
+
+
+def test_a_continued_log_keeps_its_steps_and_a_restarted_one_follows(tmp_path):
+    first = _write_log(tmp_path / "a/log.jsonl", [200, 400, 600], [600])
+    continued = _write_log(tmp_path / "b/log.jsonl", [750, 1000], [1000])  # --continue-from 600
+    restarted = _write_log(tmp_path / "c/log.jsonl", [250], [])  # --init: counts from 0
+    training_log.main(["m", str(first), str(continued), str(restarted), "-o", str(tmp_path)])
+    assert _column(tmp_path / "m.csv", "step") == [200, 400, 600, 750, 1000, 1250]
+    assert _column(tmp_path / "m-val.csv", "step") == [600, 1000]
