@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -678,6 +679,25 @@ def test_a_finite_loss_spike_rolls_back_with_half_the_lr(images, tmp_path, monke
     assert [r for r in read_log(tmp_path) if "rollback_from" in r] == [
         {"step": 0, "rollback_from": 7, "lr_scale": 0.5}]
     assert result["step"] == 12 and checkpoint.load(tmp_path)["lr_scale"] == 0.5
+
+
+def test_the_best_validation_is_exported_and_a_resume_keeps_it(images, tmp_path, monkeypatch):
+    scores = iter([-1.0, -3.0, -2.0, -2.5])  # the second validation is the best
+    real = cb.Validation._run
+
+    def scored(self, t):
+        real(self, t)
+        if self.last and t.step < t.end:
+            score = next(scores)
+            self.last.update({k: math.exp(score) for k in self.last if "val_cost_q" in k})
+
+    monkeypatch.setattr(cb.Validation, "_run", scored)
+    train(tiny_config(tmp_path, val_every=2, stop_step=6), images)
+    best = json.loads(safe_open(str(tmp_path / export.BEST), "pt").metadata()["config"])
+    assert (best["steps"], best["heldout_score"]) == (4, pytest.approx(-3.0))
+    train(tiny_config(tmp_path, val_every=2), images)  # resumed: -2.0, -2.5 are no better
+    best = json.loads(safe_open(str(tmp_path / export.BEST), "pt").metadata()["config"])
+    assert (best["steps"], best["heldout_score"]) == (4, pytest.approx(-3.0))
 
 
 def test_a_run_that_keeps_diverging_stops_and_keeps_its_finite_checkpoint(images, tmp_path,

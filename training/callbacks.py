@@ -1,5 +1,6 @@
-"""The trainer's policies, one callback each: learning-rate schedule, time budget, non-finite
-rollback, periodic checkpoints, logging, validation and the final export.
+"""The trainer's policies, one callback each: learning-rate schedule, time budget, rollback
+on divergence, periodic checkpoints, logging, validation, the best weights and the final
+export.
 
 A callback sees the trainer at these points: ``on_start``; ``on_step_begin`` and
 ``on_step_end(stats)`` around every step; ``request`` at check points, where it may ask for
@@ -222,6 +223,53 @@ class Export(Callback):
 
             path = export.export_weights(checkpoint.load(t.out_dir), t.out_dir / export.FINAL)
             t.emit(f"[train] done: {path}")
+
+
+class BestExport(Callback):
+    """The weights of the best held-out validation so far as ``best.safetensors``.
+
+    Checkpoints overwrite each other, so a blow-up between two of them (or a slow decline)
+    would leave only worse weights; this file keeps the best. The score is the mean over
+    qualities of log(held-out RD cost), so every quality counts alike; it goes into the
+    file's config (``heldout_score``), and a resumed run keeps a better file. A better
+    validation asks for a checkpoint, which every rank takes part in, and the export is made
+    from it."""
+
+    def __init__(self, validation: Validation) -> None:
+        self.validation, self.pending, self.scored = validation, False, -1
+        self.best = math.inf
+
+    def on_start(self, t: Trainer) -> None:
+        path = t.out_dir / export.BEST
+        if t.is_main and path.is_file():
+            from lsq.models.weights_file import read_config
+
+            self.best = read_config(path).get("heldout_score", math.inf)
+
+    def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
+        record = self.validation.last
+        if not record or record["step"] != t.step or self.scored == t.step:
+            return
+        self.scored = t.step
+        costs = [v for k, v in record.items() if k.startswith("val_cost_q")]
+        score = sum(math.log(c) for c in costs) / len(costs)
+        if score < self.best:
+            self.best, self.pending = score, True
+
+    def request(self, t: Trainer) -> str | None:
+        return "checkpoint" if self.pending else None
+
+    def on_rollback(self, t: Trainer, from_step: int) -> None:
+        self.pending = False
+
+    def on_save(self, t: Trainer) -> None:
+        if t.is_main and self.pending:
+            from . import checkpoint
+
+            export.export_weights(checkpoint.load(t.out_dir), t.out_dir / export.BEST,
+                                  meta={"heldout_score": self.best})
+            t.emit(f"[train] best held-out so far: {t.out_dir / export.BEST} (step {t.step})")
+        self.pending = False
 
 
 def log_line(record: dict) -> str:

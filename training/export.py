@@ -18,6 +18,7 @@ from lsq.models.spec import ModelSpec
 from . import checkpoint, sessions
 
 FINAL = "final.safetensors"
+BEST = "best.safetensors"  # the best held-out validation so far
 #: Default quality of a model trained from scratch, until Kodak calibrates it (about 0.5 bpp).
 UNCALIBRATED_QUALITY = 2.75
 META_KEYS = (

@@ -172,12 +172,13 @@ def default_callbacks(cfg: TrainConfig, crops: torch.Tensor | None, world: int
                       ) -> list[cb.Callback]:
     """The policies of ``lsq train``, in the order they see each event."""
     factor = cb.batch_lr_factor(cfg.batch * world, cfg.lr_batch, cfg.lr_scaling)
+    validation = cb.Validation(crops, cfg.val_every, cfg.batch, cfg.channels_last)
     return [
         cb.LrSchedule(cfg.lr, factor, cfg.warmup_steps, int(cfg.lr_drop_at * cfg.steps),
                       cfg.lr_drop_minutes),
         cb.DivergenceRollback(), cb.TimeBudget(cfg.max_minutes, cfg.stop_time),
-        cb.PeriodicCheckpoint(cfg.ckpt_minutes), cb.Logger(cfg.log_every),
-        cb.Validation(crops, cfg.val_every, cfg.batch, cfg.channels_last), cb.Export(),
+        cb.PeriodicCheckpoint(cfg.ckpt_minutes), cb.Logger(cfg.log_every), validation,
+        cb.BestExport(validation), cb.Export(),
     ]
 
 
