@@ -425,11 +425,13 @@ def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
     z_hat = _joined_z(net, header, sections) if header.version >= 4 else None
 
     def latent_rows():
+        tiles: list[torch.Tensor] = []
         for r in range(rows):
-            row = torch.cat([_tile_latent(net, header, sections, r * cols + c, z_hat)
-                             for c in range(cols)], dim=2)
-            for lo in range(0, row.shape[1], chunk):
-                yield row[:, lo : lo + chunk]
+            tiles.clear()  # the previous tile row's latents go before this row's come
+            tiles += (_tile_latent(net, header, sections, r * cols + c, z_hat)
+                      for c in range(cols))
+            for lo in range(0, tiles[0].shape[1], chunk):
+                yield torch.cat([t[:, lo : lo + chunk] for t in tiles], dim=2)
 
     done, reported = 0, 0
     for block in net.synthesis().rows(latent_rows()):
