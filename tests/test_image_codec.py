@@ -363,3 +363,16 @@ def test_stream_of_an_older_model_version(tmp_path: Path, monkeypatch: pytest.Mo
 
     shutil.copy(tmp_path / "v1.safetensors", folder / "tiny@1.safetensors")
     assert image_codec.decode_image(data).tobytes() == before
+
+
+def test_edge_crop_of_an_image_and_of_its_array_replicate_the_edge() -> None:
+    """The encoder crops tiles from a Pillow image (not copied whole) or from an array: the
+    same pixels, the image extended by its last row and column."""
+    img = noise("RGB", (13, 7))
+    arr = np.asarray(img)
+    for box in ((0, 7, 0, 13), (2, 16, 5, 20), (6, 7, 12, 13), (3, 5, 0, 64)):
+        rows = np.clip(np.arange(box[0], box[1]), 0, 6)
+        cols = np.clip(np.arange(box[2], box[3]), 0, 12)
+        expected = arr[rows[:, None], cols[None, :]]
+        assert np.array_equal(image_codec._edge_crop(img, *box), expected)
+        assert np.array_equal(image_codec._edge_crop(arr, *box), expected)
