@@ -290,44 +290,66 @@ def _tile_params(net: torch.nn.Module, z_hat: torch.Tensor, r0: int, r1: int, c0
 def _encode_tiles(net: torch.nn.Module, rgb: Pixels, q: float, tile: int,
                   dev: torch.device, on_tile: TileCallback | None
                   ) -> tuple[list[bytes], list[tuple[int, ...]]]:
-    """Version 4: the y and z sections of every tile, and its z shape. The whole image's
-    scaled latent y is kept (M x 1/256 of the pixels); each tile's z is h_a of its y plus
-    Z_HALO z positions of the neighbours' y, cropped, and its y is coded under the
-    parameters of the joined z_hat (``_tile_params``), as the decoder will make them."""
+    """Version 4: the y and z sections of every tile, and its z shape. Each tile's z is h_a
+    of its scaled latent y plus Z_HALO z positions of the neighbours' y, cropped, and its y
+    is coded under the parameters of the joined z_hat (``_tile_params``), as the decoder
+    will make them. Streamed by tile rows: with ``reach`` the tile rows that Z_HALO z
+    positions span, row r is analysed, then the z of row r - reach (which reads y down to
+    row r) is coded, then the y of row r - 2 reach (whose parameters read z_hat down to
+    row r - reach); so y is kept for 3 tile rows (for tiles of 128 pixels or more),
+    whatever the image height."""
     height, width = _size(rgb)
     k = LATENT_STRIDE // Y_STRIDE
     rows, cols = _padded(height) // Y_STRIDE, _padded(width) // Y_STRIDE
+    grid_cols, grid_rows = math.ceil(width / tile), math.ceil(height / tile)
     tiles = list(_tiles(width, height, tile))
     gain = net.gain(q).to(dev, torch.float32)
-    y = torch.empty((net.M, rows, cols), device=dev)
-    for _, x0, y0, tw, th in tiles:
-        part = _analysis(net, rgb, x0, y0, tw, th, dev)[0] * gain
-        y[:, y0 // Y_STRIDE : y0 // Y_STRIDE + part.shape[1],
-          x0 // Y_STRIDE : x0 // Y_STRIDE + part.shape[2]] = part
+    per_row = tile // Y_STRIDE  # latent rows of a tile row
+    reach = -(-Z_HALO * LATENT_STRIDE // tile)
+    ys: dict[int, torch.Tensor] = {}  # the scaled y of the tile rows kept, all columns
+
+    def y_rows(lo: int, hi: int) -> torch.Tensor:
+        """Latent rows lo..hi-1 of y, all columns, from the tile rows kept."""
+        return torch.cat([t[:, max(lo - r * per_row, 0) : hi - r * per_row]
+                          for r, t in ys.items()
+                          if r * per_row < hi and r * per_row + t.shape[1] > lo], dim=1)
+
     z_hat: torch.Tensor | None = None
-    z_strings, shapes = [], []
-    for _, x0, y0, tw, th in tiles:
-        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
-        r1, c1 = r0 + _padded(th) // LATENT_STRIDE, c0 + _padded(tw) // LATENT_STRIDE
-        a, b, c, d = _window(r0, r1, c0, c1, Z_HALO, rows // k, cols // k)
-        z = net.h_a(y[None, :, k * a : k * b, k * c : k * d])[0, :, r0 - a : r1 - a,
-                                                               c0 - c : c1 - c]
-        z_string, part = net.compress_hyper(z)
-        if z_hat is None:
-            z_hat = part.new_empty((part.shape[0], rows // k, cols // k))
-        z_hat[:, r0:r1, c0:c1] = part
-        z_strings.append(z_string)
-        shapes.append(tuple(int(n) for n in part.shape[1:]))
+    z_strings: dict[int, bytes] = {}
+    shapes: list[tuple[int, ...]] = []
     sections: list[bytes] = []
-    for (i, x0, y0, _, _), shape in zip(tiles, shapes, strict=True):
-        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
-        r1, c1 = r0 + shape[0], c0 + shape[1]
-        params = _tile_params(net, z_hat, r0, r1, c0, c1)
-        sections += [net.compress_y(y[:, k * r0 : k * r1, k * c0 : k * c1], params),
-                     z_strings[i]]
-        if on_tile is not None:
-            on_tile(i + 1, len(tiles))
+    for step in range(grid_rows + 2 * reach):
+        row = _row(tiles, step, grid_cols)
+        if row:
+            ys[step] = torch.cat([_analysis(net, rgb, x0, y0, tw, th, dev)[0] * gain
+                                  for _, x0, y0, tw, th in row], dim=2)
+        for i, x0, y0, tw, th in _row(tiles, step - reach, grid_cols):
+            r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+            r1, c1 = r0 + _padded(th) // LATENT_STRIDE, c0 + _padded(tw) // LATENT_STRIDE
+            a, b, c, d = _window(r0, r1, c0, c1, Z_HALO, rows // k, cols // k)
+            window = y_rows(k * a, k * b)[None, :, :, k * c : k * d]
+            z = net.h_a(window)[0, :, r0 - a : r1 - a, c0 - c : c1 - c]
+            z_strings[i], part = net.compress_hyper(z)
+            if z_hat is None:
+                z_hat = part.new_empty((part.shape[0], rows // k, cols // k))
+            z_hat[:, r0:r1, c0:c1] = part
+            shapes.append(tuple(int(n) for n in part.shape[1:]))
+        done = step - 2 * reach
+        for i, x0, y0, _, _ in _row(tiles, done, grid_cols):
+            r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+            r1, c1 = r0 + shapes[i][0], c0 + shapes[i][1]
+            params = _tile_params(net, z_hat, r0, r1, c0, c1)
+            sections += [net.compress_y(ys[done][:, :, k * c0 : k * c1], params),
+                         z_strings.pop(i)]
+            if on_tile is not None:
+                on_tile(i + 1, len(tiles))
+        ys.pop(done, None)
     return sections, shapes
+
+
+def _row(tiles: list, r: int, cols: int) -> list:
+    """The tiles of tile row r (none for r < 0 or past the last row)."""
+    return tiles[r * cols : (r + 1) * cols] if r >= 0 else []
 
 
 def _size(rgb: Pixels) -> tuple[int, int]:
