@@ -64,6 +64,10 @@ ANALYSIS_BAND = 16  # latent rows analysed at a time (bounds the encoder's memor
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
 
+#: RGB pixels to code: an HxWx3 uint8 array, or an RGB Pillow image, cropped tile by tile
+#: rather than copied whole.
+Pixels = np.ndarray | Image.Image
+
 #: Called after each tile with (tiles done, tiles in all): progress bars for large images.
 TileCallback = Callable[[int, int], None]
 
@@ -127,8 +131,8 @@ def _to_8bit(img: Image.Image) -> np.ndarray:
     return ((arr * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, list[str]]:
-    """Map any Pillow image to (RGB uint8 HxWx3, alpha uint8 HxW or None, flags, notes)."""
+def normalize(img: Image.Image) -> tuple[Pixels, np.ndarray | None, int, list[str]]:
+    """Map any Pillow image to (RGB pixels, alpha uint8 HxW or None, flags, notes)."""
     flags = 0
     notes: list[str] = []
     if _is_16bit_rgb(img) and img.mode in ("RGB", "RGBA"):
@@ -183,10 +187,9 @@ def normalize(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int, lis
             except ValueError as e:
                 raise ImageCodecError(f"cannot convert mode {mode} to RGB: {e}") from None
         if img.mode == "RGBA":
-            arr = np.asarray(img)
-            rgb, alpha = np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+            rgb, alpha = img.convert("RGB"), np.asarray(img.getchannel("A"))
         else:
-            rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
     if alpha is not None:
         flags |= FLAG_ALPHA
         notes.append("alpha kept losslessly")
@@ -231,7 +234,7 @@ def encode_image_report(
         raise ImageCodecError(f"image {width}x{height} too large: at most {MAX_SIDE} per side")
     mode = img.mode
     rgb, alpha, flags, notes = normalize(img)  # bad image data fails before the model loads
-    height, width = rgb.shape[:2]  # EXIF orientation may have swapped the sides
+    height, width = _size(rgb)  # EXIF orientation may have swapped the sides
     config = registry.resolve(model, quality)
     name = config["name"]
     net = registry.load(name, str(dev))
@@ -284,61 +287,93 @@ def _tile_params(net: torch.nn.Module, z_hat: torch.Tensor, r0: int, r1: int, c0
     return params[:, k * (r0 - a) : k * (r1 - a), k * (c0 - c) : k * (c1 - c)]
 
 
-def _encode_tiles(net: torch.nn.Module, rgb: np.ndarray, q: float, tile: int,
+def _encode_tiles(net: torch.nn.Module, rgb: Pixels, q: float, tile: int,
                   dev: torch.device, on_tile: TileCallback | None
                   ) -> tuple[list[bytes], list[tuple[int, ...]]]:
-    """Version 4: the y and z sections of every tile, and its z shape. The whole image's
-    scaled latent y is kept (M x 1/256 of the pixels); each tile's z is h_a of its y plus
-    Z_HALO z positions of the neighbours' y, cropped, and its y is coded under the
-    parameters of the joined z_hat (``_tile_params``), as the decoder will make them."""
-    height, width = rgb.shape[:2]
+    """Version 4: the y and z sections of every tile, and its z shape. Each tile's z is h_a
+    of its scaled latent y plus Z_HALO z positions of the neighbours' y, cropped, and its y
+    is coded under the parameters of the joined z_hat (``_tile_params``), as the decoder
+    will make them. Streamed by tile rows: with ``reach`` the tile rows that Z_HALO z
+    positions span, row r is analysed, then the z of row r - reach (which reads y down to
+    row r) is coded, then the y of row r - 2 reach (whose parameters read z_hat down to
+    row r - reach); so y is kept for 3 tile rows (for tiles of 128 pixels or more),
+    whatever the image height."""
+    height, width = _size(rgb)
     k = LATENT_STRIDE // Y_STRIDE
     rows, cols = _padded(height) // Y_STRIDE, _padded(width) // Y_STRIDE
+    grid_cols, grid_rows = math.ceil(width / tile), math.ceil(height / tile)
     tiles = list(_tiles(width, height, tile))
     gain = net.gain(q).to(dev, torch.float32)
-    y = torch.empty((net.M, rows, cols), device=dev)
-    for _, x0, y0, tw, th in tiles:
-        part = _analysis(net, rgb, x0, y0, tw, th, dev)[0] * gain
-        y[:, y0 // Y_STRIDE : y0 // Y_STRIDE + part.shape[1],
-          x0 // Y_STRIDE : x0 // Y_STRIDE + part.shape[2]] = part
+    per_row = tile // Y_STRIDE  # latent rows of a tile row
+    reach = -(-Z_HALO * LATENT_STRIDE // tile)
+    ys: dict[int, torch.Tensor] = {}  # the scaled y of the tile rows kept, all columns
+
+    def y_rows(lo: int, hi: int) -> torch.Tensor:
+        """Latent rows lo..hi-1 of y, all columns, from the tile rows kept."""
+        return torch.cat([t[:, max(lo - r * per_row, 0) : hi - r * per_row]
+                          for r, t in ys.items()
+                          if r * per_row < hi and r * per_row + t.shape[1] > lo], dim=1)
+
     z_hat: torch.Tensor | None = None
-    z_strings, shapes = [], []
-    for _, x0, y0, tw, th in tiles:
-        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
-        r1, c1 = r0 + _padded(th) // LATENT_STRIDE, c0 + _padded(tw) // LATENT_STRIDE
-        a, b, c, d = _window(r0, r1, c0, c1, Z_HALO, rows // k, cols // k)
-        z = net.h_a(y[None, :, k * a : k * b, k * c : k * d])[0, :, r0 - a : r1 - a,
-                                                               c0 - c : c1 - c]
-        z_string, part = net.compress_hyper(z)
-        if z_hat is None:
-            z_hat = part.new_empty((part.shape[0], rows // k, cols // k))
-        z_hat[:, r0:r1, c0:c1] = part
-        z_strings.append(z_string)
-        shapes.append(tuple(int(n) for n in part.shape[1:]))
+    z_strings: dict[int, bytes] = {}
+    shapes: list[tuple[int, ...]] = []
     sections: list[bytes] = []
-    for (i, x0, y0, _, _), shape in zip(tiles, shapes, strict=True):
-        r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
-        r1, c1 = r0 + shape[0], c0 + shape[1]
-        params = _tile_params(net, z_hat, r0, r1, c0, c1)
-        sections += [net.compress_y(y[:, k * r0 : k * r1, k * c0 : k * c1], params),
-                     z_strings[i]]
-        if on_tile is not None:
-            on_tile(i + 1, len(tiles))
+    for step in range(grid_rows + 2 * reach):
+        row = _row(tiles, step, grid_cols)
+        if row:
+            ys[step] = torch.cat([_analysis(net, rgb, x0, y0, tw, th, dev)[0] * gain
+                                  for _, x0, y0, tw, th in row], dim=2)
+        for i, x0, y0, tw, th in _row(tiles, step - reach, grid_cols):
+            r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+            r1, c1 = r0 + _padded(th) // LATENT_STRIDE, c0 + _padded(tw) // LATENT_STRIDE
+            a, b, c, d = _window(r0, r1, c0, c1, Z_HALO, rows // k, cols // k)
+            window = y_rows(k * a, k * b)[None, :, :, k * c : k * d]
+            z = net.h_a(window)[0, :, r0 - a : r1 - a, c0 - c : c1 - c]
+            z_strings[i], part = net.compress_hyper(z)
+            if z_hat is None:
+                z_hat = part.new_empty((part.shape[0], rows // k, cols // k))
+            z_hat[:, r0:r1, c0:c1] = part
+            shapes.append(tuple(int(n) for n in part.shape[1:]))
+        done = step - 2 * reach
+        for i, x0, y0, _, _ in _row(tiles, done, grid_cols):
+            r0, c0 = y0 // LATENT_STRIDE, x0 // LATENT_STRIDE
+            r1, c1 = r0 + shapes[i][0], c0 + shapes[i][1]
+            params = _tile_params(net, z_hat, r0, r1, c0, c1)
+            sections += [net.compress_y(ys[done][:, :, k * c0 : k * c1], params),
+                         z_strings.pop(i)]
+            if on_tile is not None:
+                on_tile(i + 1, len(tiles))
+        ys.pop(done, None)
     return sections, shapes
 
 
-def _edge_crop(rgb: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """rgb[y0:y1, x0:x1] of the image extended by replicating its edge."""
-    rows = np.clip(np.arange(y0, y1), 0, rgb.shape[0] - 1)
-    cols = np.clip(np.arange(x0, x1), 0, rgb.shape[1] - 1)
-    return rgb[rows[:, None], cols[None, :]]
+def _row(tiles: list, r: int, cols: int) -> list:
+    """The tiles of tile row r (none for r < 0 or past the last row)."""
+    return tiles[r * cols : (r + 1) * cols] if r >= 0 else []
 
 
-def _analysis(net: torch.nn.Module, rgb: np.ndarray, x0: int, y0: int, tw: int, th: int,
+def _size(rgb: Pixels) -> tuple[int, int]:
+    """(height, width) of RGB pixels."""
+    return (rgb.height, rgb.width) if isinstance(rgb, Image.Image) else rgb.shape[:2]
+
+
+def _edge_crop(rgb: Pixels, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """rgb[y0:y1, x0:x1] (HxWx3 uint8) of the image extended to the right and below by
+    replicating its edge; (x0, y0) lies in the image."""
+    height, width = _size(rgb)
+    bottom, right = min(y1, height), min(x1, width)
+    if isinstance(rgb, Image.Image):
+        block = np.asarray(rgb.crop((x0, y0, right, bottom)))
+    else:
+        block = rgb[y0:bottom, x0:right]
+    return np.pad(block, ((0, y1 - bottom), (0, x1 - right), (0, 0)), mode="edge")
+
+
+def _analysis(net: torch.nn.Module, rgb: Pixels, x0: int, y0: int, tw: int, th: int,
               dev: torch.device) -> torch.Tensor:
     """g_a of one tile (1, M, h, w): run on the tile plus HALO latents of its neighbours in
     the edge-padded image, then cropped, so that the tile's latent is the whole image's."""
-    height, width = (_padded(n) for n in rgb.shape[:2])
+    height, width = (_padded(n) for n in _size(rgb))
     halo = HALO * Y_STRIDE
     top, left = max(y0 - halo, 0), max(x0 - halo, 0)
     bottom, right = min(y0 + _padded(th) + halo, height), min(x0 + _padded(tw) + halo, width)
@@ -416,7 +451,7 @@ def _joined_z(net: torch.nn.Module, header: Header, sections: list[bytes]) -> to
 
 
 def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
-                  rgb: np.ndarray, on_tile: TileCallback | None) -> None:
+                  rgb: Image.Image, on_tile: TileCallback | None) -> None:
     """Versions 3 and 4: the latents of each tile row joined across the image's width and
     streamed through one synthesis of the whole image, a few latent rows at a time: no
     seams, and each output value is the one a single synthesis of all latents gives."""
@@ -425,18 +460,20 @@ def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
     z_hat = _joined_z(net, header, sections) if header.version >= 4 else None
 
     def latent_rows():
+        tiles: list[torch.Tensor] = []
         for r in range(rows):
-            row = torch.cat([_tile_latent(net, header, sections, r * cols + c, z_hat)
-                             for c in range(cols)], dim=2)
-            for lo in range(0, row.shape[1], chunk):
-                yield row[:, lo : lo + chunk]
+            tiles.clear()  # the previous tile row's latents go before this row's come
+            tiles += (_tile_latent(net, header, sections, r * cols + c, z_hat)
+                      for c in range(cols))
+            for lo in range(0, tiles[0].shape[1], chunk):
+                yield torch.cat([t[:, lo : lo + chunk] for t in tiles], dim=2)
 
     done, reported = 0, 0
     for block in net.synthesis().rows(latent_rows()):
         n = min(block.shape[1], header.height - done)
         if n > 0:
             pixels = block[:, :n, : header.width].clamp(0, 1).mul(255).round()
-            rgb[done : done + n] = pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            _paste(rgb, pixels, 0, done)
             done += n
         while reported < rows and done >= min((reported + 1) * header.tile, header.height):
             reported += 1
@@ -445,8 +482,15 @@ def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
                     on_tile(i + 1, len(header.latent_shapes))
 
 
+def _paste(img: Image.Image, pixels: torch.Tensor, x0: int, y0: int) -> None:
+    """Write pixel values (3, h, w), already rounded to 0..255, into img at (x0, y0): the
+    decoder holds the output image and a block, never a second copy of the image."""
+    block = pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    img.paste(Image.fromarray(np.ascontiguousarray(block)), (x0, y0))
+
+
 def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes],
-                     rgb: np.ndarray, on_tile: TileCallback | None) -> None:
+                     rgb: Image.Image, on_tile: TileCallback | None) -> None:
     """Version 2: every tile synthesized on its own (as version 2 decoders did)."""
     for i, x0, y0, tw, th in _tiles(header.width, header.height, header.tile):
         strings = [[sections[2 * i]], [sections[2 * i + 1]]]
@@ -456,8 +500,7 @@ def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes]
             raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
         if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
             raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
-        block = x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round().to(torch.uint8)
-        rgb[y0 : y0 + th, x0 : x0 + tw] = block.permute(1, 2, 0).cpu().numpy()
+        _paste(rgb, x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round(), x0, y0)
         if on_tile is not None:
             on_tile(i + 1, len(header.latent_shapes))
 
@@ -488,16 +531,15 @@ def decode_image(
         raise BitstreamError(f"corrupt: quality {header.quality:g} is outside the qualities "
                              f"of model {header.model!r}")
     net = registry.load_file(path, str(dev))
-    rgb = np.empty((header.height, header.width, 3), np.uint8)
+    img = Image.new("RGB", (header.width, header.height))
     with torch.inference_mode():
         if header.version >= 3:
-            _decode_tiles(net, header, sections, rgb, on_tile)
+            _decode_tiles(net, header, sections, img, on_tile)
         else:
-            _decode_tiles_v2(net, header, sections, rgb, on_tile)
+            _decode_tiles_v2(net, header, sections, img, on_tile)
     alpha = None
     if header.flags & FLAG_ALPHA:
         alpha = _decode_alpha(sections[-1], header.width, header.height)
-    img = Image.fromarray(rgb)
     if header.flags & FLAG_GRAY:
         img = img.convert("L")
     if alpha is not None:

@@ -90,6 +90,8 @@ class GDN(nn.Module):
         beta = self.beta_reparam(self.beta)
         gamma = self.gamma_reparam(self.gamma).reshape(channels, channels, 1, 1)
         norm = F.conv2d(x**2, gamma, beta)
+        if not torch.is_grad_enabled():  # coding: the same values, two fewer copies of x
+            return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
         norm = torch.sqrt(norm) if self.inverse else torch.rsqrt(norm)
         return x * norm
 

@@ -123,7 +123,7 @@ class _InverseGDN:
         squares = flat.new_zeros((_rounded(flat.shape[0]), flat.shape[1]))
         torch.mul(flat, flat, out=squares[: flat.shape[0]])
         norm = torch.addmm(self.beta, squares, self.gamma_t)[: flat.shape[0]].sqrt_()
-        return (flat * norm).view(x.shape)
+        return norm.mul_(flat).view(x.shape)
 
 
 class Synthesis:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from lsq import image_codec
 from lsq.codec.bitstream import (
@@ -24,6 +24,7 @@ from lsq.codec.bitstream import (
     FLAG_GRAY,
     FLAG_PALETTE,
     BitstreamError,
+    Header,
     pack,
     unpack,
 )
@@ -363,3 +364,55 @@ def test_stream_of_an_older_model_version(tmp_path: Path, monkeypatch: pytest.Mo
 
     shutil.copy(tmp_path / "v1.safetensors", folder / "tiny@1.safetensors")
     assert image_codec.decode_image(data).tobytes() == before
+
+
+def test_edge_crop_of_an_image_and_of_its_array_replicate_the_edge() -> None:
+    """The encoder crops tiles from a Pillow image (not copied whole) or from an array: the
+    same pixels, the image extended by its last row and column."""
+    img = noise("RGB", (13, 7))
+    arr = np.asarray(img)
+    for box in ((0, 7, 0, 13), (2, 16, 5, 20), (6, 7, 12, 13), (3, 5, 0, 64)):
+        rows = np.clip(np.arange(box[0], box[1]), 0, 6)
+        cols = np.clip(np.arange(box[2], box[3]), 0, 12)
+        expected = arr[rows[:, None], cols[None, :]]
+        assert np.array_equal(image_codec._edge_crop(img, *box), expected)
+        assert np.array_equal(image_codec._edge_crop(arr, *box), expected)
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+def test_streamed_encoder_codes_the_whole_images_latent(tile: int) -> None:
+    """The encoder keeps y for a few tile rows only (tiles of 64 pixels: the z halo spans
+    two tile rows); its sections are those of the whole image's y, each tile's z being h_a
+    of y with Z_HALO neighbours and its y coded under the joined z_hat."""
+    img = noise("RGB", (150, 330)).filter(ImageFilter.GaussianBlur(3))
+    data = image_codec.encode_image_report(img, tile=tile)[0]
+    header, sections = unpack(data)
+    net = registry.load(header.model)
+    tiles = list(image_codec._tiles(150, 330, tile))
+    with torch.inference_mode():
+        _check_sections(net, img, tiles, tile, header, sections)
+
+
+def _check_sections(net: torch.nn.Module, img: Image.Image, tiles: list, tile: int,
+                    header: Header, sections: list[bytes]) -> None:
+    """The sections that the whole image's y gives (the encoder before it was streamed)."""
+    k = image_codec.LATENT_STRIDE // image_codec.Y_STRIDE
+    rgb = np.asarray(img)
+    y = torch.cat([torch.cat([image_codec._analysis(net, rgb, x0, y0, tw, th, "cpu")[0]
+                              for _, x0, y0, tw, th in tiles if y0 == top], dim=2)
+                   for top in range(0, 330, tile)], dim=1) * net.gain(header.quality).float()
+    zr, zc = y.shape[1] // k, y.shape[2] // k
+    z_hat = torch.empty((net.N, zr, zc))
+    for i, x0, y0, _, _ in tiles:
+        r0, c0 = y0 // image_codec.LATENT_STRIDE, x0 // image_codec.LATENT_STRIDE
+        r1, c1 = r0 + header.latent_shapes[i][0], c0 + header.latent_shapes[i][1]
+        a, b, c, d = image_codec._window(r0, r1, c0, c1, image_codec.Z_HALO, zr, zc)
+        z = net.h_a(y[None, :, k * a : k * b, k * c : k * d])[0, :, r0 - a : r1 - a,
+                                                               c0 - c : c1 - c]
+        z_string, z_hat[:, r0:r1, c0:c1] = net.compress_hyper(z)
+        assert sections[2 * i + 1] == z_string
+    for i, x0, y0, _, _ in tiles:
+        r0, c0 = y0 // image_codec.LATENT_STRIDE, x0 // image_codec.LATENT_STRIDE
+        r1, c1 = r0 + header.latent_shapes[i][0], c0 + header.latent_shapes[i][1]
+        params = image_codec._tile_params(net, z_hat, r0, r1, c0, c1)
+        assert sections[2 * i] == net.compress_y(y[:, k * r0 : k * r1, k * c0 : k * c1], params)

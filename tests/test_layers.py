@@ -30,6 +30,10 @@ def test_gdn_matches_compressai(inverse: bool, channels: int) -> None:
         xt = x.to(dtype).clone().requires_grad_()
         yo, yt = ours.to(dtype)(xo), theirs.to(dtype)(xt)
         assert torch.equal(yo, yt)
+        with torch.inference_mode():  # the in-place coding path: the same values
+            xi = x.to(dtype)
+            assert torch.equal(ours(xi), yt)
+            assert torch.equal(xi, x.to(dtype))
         yo.square().sum().backward()
         yt.square().sum().backward()
         assert torch.equal(xo.grad, xt.grad)

@@ -124,6 +124,28 @@ def test_integer_hyper_decoder_is_exact_and_thread_independent() -> None:
         assert (first.float() - model.h_s(z_hat)).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 5), (17, 34), (40, 23)])
+def test_integer_convolutions_equal_torchs(rows: int, cols: int) -> None:
+    """The Winograd 3x3 convolutions (in bands of rows) and the sub-pixel transposed
+    convolutions give torch's integers exactly, odd sizes included; values too large for
+    Winograd's bound take torch's convolution."""
+    torch.manual_seed(rows * cols)
+    conv = torch.nn.Conv2d(24, 7, 3, padding=1).requires_grad_(False)
+    deconv = torch.nn.ConvTranspose2d(24, 7, 5, 2, 2, 1).requires_grad_(False)
+    a = torch.randint(-2**14, 2**14, (1, 24, rows, cols)).double()
+    (w, b), (wt, bt) = ((torch.round(layer.weight.double() * 2**12),
+                         torch.round(layer.bias.double() * 2**20)) for layer in (conv, deconv))
+    F = torch.nn.functional
+    assert torch.equal(latent_coding._conv2d(a, w, b, conv), F.conv2d(a, w, b, 1, 1))
+    assert torch.equal(latent_coding._conv_transpose2d(a, wt, bt, deconv),
+                       F.conv_transpose2d(a, wt, bt, 2, 2, 1))
+    assert latent_coding._winograd_exact(a, w)
+    huge = a * 2**18  # beyond the Winograd bound, within the exact range of a direct sum
+    assert not latent_coding._winograd_exact(huge, w)
+    assert torch.equal(latent_coding._conv2d(huge, w, b, conv),
+                       F.conv2d(huge, w, b, 1, 1))
+
+
 def test_integer_leaky_relu_rounds_down_and_needs_a_power_of_two_slope() -> None:
     identity = torch.nn.Conv2d(1, 1, 1)
     torch.nn.init.ones_(identity.weight)

@@ -1,7 +1,8 @@
 """End-to-end speed, peak memory and quality of `lsq` encode and decode.
 
     python -m lsq.tools.bench_codec [--dataset ../shared/data/kodak] [--images kodim01]
-        [--large] [--model NAME] [--repeat 3] [--threads N] [--device cpu|cuda]
+        [--large] [--large-size 3000x2000] [--model NAME] [--repeat 3] [--threads N]
+        [--device cpu|cuda]
         [--workers N] [--compressai]
 
 Per image: bytes, bpp, PSNR, the PSNR of the 2-pixel bands either side of every tile
@@ -11,9 +12,10 @@ path: tiling, padding, header; the model loaded, the best of --repeat runs after
 run), wall and CPU time (CPU time is the steadier figure on a shared machine), and the peak
 resident memory of each direction. Each direction runs in its own child
 process, so that its peak (``ru_maxrss``, import of torch and the model included) is its
-own. --large adds a 3000x2000 photograph: kodim23 upscaled with Lanczos, written once to the
-temporary folder. --compressai adds CompressAI's bmshj2018-hyperprior (quality 3,
-untrained weights: timing only) compress + decompress of the same padded image.
+own. --large adds a 3000x2000 photograph (another size with --large-size, e.g. 6000x4000):
+kodim23 upscaled with Lanczos, written once to the temporary folder. --compressai adds
+CompressAI's bmshj2018-hyperprior (quality 3, untrained weights: timing only) compress +
+decompress of the same padded image.
 
 --workers N is batch mode: N processes share the images (on --device, e.g. cuda: one GPU
 serves them all while the range coding runs on the CPU cores) and the result is images per
@@ -40,16 +42,16 @@ import numpy as np
 LARGE_SIZE = (3000, 2000)
 
 
-def large_image(dataset: Path) -> Path:
-    """kodim23 upscaled to 3000x2000 with Lanczos, made once in the temporary folder."""
+def large_image(dataset: Path, size: tuple[int, int] = LARGE_SIZE) -> Path:
+    """kodim23 upscaled to ``size`` with Lanczos, made once in the temporary folder."""
     from PIL import Image
 
     from lsq.fileio import write_atomic
 
-    path = Path(tempfile.gettempdir()) / "lsq-bench-kodim23-3000x2000.png"
+    path = Path(tempfile.gettempdir()) / f"lsq-bench-kodim23-{size[0]}x{size[1]}.png"
     if not path.is_file():
         with Image.open(dataset / "kodim23.png") as src:
-            big = src.convert("RGB").resize(LARGE_SIZE, Image.LANCZOS)
+            big = src.convert("RGB").resize(size, Image.LANCZOS)
         out = tempfile.SpooledTemporaryFile()
         big.save(out, "PNG")
         out.seek(0)
@@ -218,6 +220,8 @@ def main() -> None:
                         help="comma-separated image names of the dataset (default: all)")
     parser.add_argument("--large", action="store_true",
                         help="add kodim23 upscaled to 3000x2000")
+    parser.add_argument("--large-size", default="3000x2000",
+                        help="WIDTHxHEIGHT of the --large image")
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
@@ -237,6 +241,12 @@ def main() -> None:
         return
     if args.repeat < 1 or args.workers < 0:
         parser.error("--repeat must be at least 1 and --workers not negative")
+    try:
+        large_size = tuple(int(n) for n in args.large_size.lower().split("x"))
+    except ValueError:
+        large_size = ()
+    if len(large_size) != 2 or min(large_size) < 1:
+        parser.error(f"--large-size {args.large_size!r}: expected WIDTHxHEIGHT, e.g. 6000x4000")
     if args.images:
         images = [args.dataset / f"{name}.png" for name in args.images.split(",")]
     elif args.large:
@@ -244,7 +254,7 @@ def main() -> None:
     else:
         images = sorted(args.dataset.glob("*.png"))
     if args.large:
-        images.append(large_image(args.dataset))
+        images.append(large_image(args.dataset, large_size))
     missing = [str(p) for p in images if not p.is_file()]
     if missing or not images:
         parser.error(f"no such images: {', '.join(missing) or args.dataset}")
