@@ -236,8 +236,7 @@ class BestExport(Callback):
     from it."""
 
     def __init__(self, validation: Validation) -> None:
-        self.validation, self.pending, self.scored = validation, False, -1
-        self.best = math.inf
+        self.validation, self.pending, self.best = validation, False, math.inf
 
     def on_start(self, t: Trainer) -> None:
         path = t.out_dir / export.BEST
@@ -247,10 +246,9 @@ class BestExport(Callback):
             self.best = read_config(path).get("heldout_score", math.inf)
 
     def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
-        record = self.validation.last
-        if not record or record["step"] != t.step or self.scored == t.step:
+        record = self.validation.last  # made at this step, or an older one to pass over
+        if not record or record["step"] != t.step:
             return
-        self.scored = t.step
         costs = [v for k, v in record.items() if k.startswith("val_cost_q")]
         score = sum(math.log(c) for c in costs) / len(costs)
         if score < self.best:
