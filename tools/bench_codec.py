@@ -219,8 +219,8 @@ def main() -> None:
     parser.add_argument("--images", default=None,
                         help="comma-separated image names of the dataset (default: all)")
     parser.add_argument("--large", action="store_true",
-                        help="add kodim23 upscaled to 3000x2000")
-    parser.add_argument("--large-size", default="3000x2000",
+                        help="add kodim23 upscaled to --large-size")
+    parser.add_argument("--large-size", default="{}x{}".format(*LARGE_SIZE),
                         help="WIDTHxHEIGHT of the --large image")
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeat", type=int, default=3)
