@@ -8,7 +8,7 @@ and DIR/NAME.png. Several logs are one run continued: a log that restarted its c
 (``--init``: its first step is not past the run so far) is shifted to follow the previous
 one's last step, or STEP, the step of the weights the next log started from (later
 records of that log are dropped); a log that counts on (``--continue-from``, an exact
-resume) keeps its steps.
+resume) keeps its steps. Events (a rollback's record) are left out.
 A committed DIR/NAME.csv (with its NAME-val.csv) can stand first, so a later session extends
 the shipped log without the earlier sessions' log.jsonl files.
 """
@@ -51,8 +51,12 @@ def read_logs(specs: list[str]) -> tuple[list[dict], list[dict]]:
         last = int(until) if until else max((r["step"] for r in records), default=0)
         shift = 0 if min((r["step"] for r in records), default=0) > offset else offset
         for r in records:
-            if r["step"] <= last:
-                (val if "val_images" in r else train).append({**r, "step": r["step"] + shift})
+            if r["step"] > last:
+                continue
+            if "val_images" in r:
+                val.append({**r, "step": r["step"] + shift})
+            elif "loss" in r:  # not an event such as a rollback
+                train.append({**r, "step": r["step"] + shift})
         offset = last + shift
     return train, val
 

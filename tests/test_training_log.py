@@ -49,3 +49,14 @@ def test_a_continued_log_keeps_its_steps_and_a_restarted_one_follows(tmp_path):
     training_log.main(["m", str(first), str(continued), str(restarted), "-o", str(tmp_path)])
     assert _column(tmp_path / "m.csv", "step") == [200, 400, 600, 750, 1000, 1250]
     assert _column(tmp_path / "m-val.csv", "step") == [600, 1000]
+
+
+def test_a_rollback_record_is_left_out_of_both_files(tmp_path):
+    log = _write_log(tmp_path / "a/log.jsonl", [200, 400], [400])
+    with log.open("a") as f:
+        f.write(json.dumps({"step": 400, "rollback_from": 480, "lr_scale": 0.5}) + "\n")
+        f.write(json.dumps({"step": 600, "images_per_s": 1.0, "loss": 0.5, "bpp": 0.5,
+                            "psnr": 30.0, "lr": 1e-4}) + "\n")
+    training_log.main(["m", str(log), "-o", str(tmp_path)])
+    assert _column(tmp_path / "m.csv", "step") == [200, 400, 600]
+    assert _column(tmp_path / "m-val.csv", "step") == [400]
