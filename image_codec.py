@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from lsq import allocator
 from lsq.codec.bitstream import (
     DEFAULT_MAX_PIXELS,
     FLAG_ALPHA,
@@ -345,6 +346,7 @@ def _encode_tiles(net: torch.nn.Module, rgb: Pixels, q: float, tile: int,
             if on_tile is not None:
                 on_tile(i + 1, len(tiles))
         ys.pop(done, None)
+        allocator.release()
     return sections, shapes
 
 
@@ -493,6 +495,7 @@ def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
             del window
             for c in [c for c in latents if (c + 1) * per_tile < (b + 1) * span]:
                 del latents[c]  # the next band's window starts one column before it
+            allocator.release()
             if on_tile is not None:
                 for c in range(b * tiles_per_band, min((b + 1) * tiles_per_band, cols)):
                     on_tile(r * cols + c + 1, len(header.latent_shapes))
