@@ -177,8 +177,8 @@ class Band:
     every layer's output is cropped to the columns that the next layer reads: each value
     in the band is the one that the whole image's synthesis makes, while the rows held
     stay as narrow as the band, whatever the image's width. Each transposed convolution
-    keeps one input row of lookahead (the first row of the next chunk), so a push yields
-    the rows that the chunks before it complete and ``close`` the rest."""
+    holds back its last input row until the row below it comes, so a push yields the rows
+    that the rows given so far complete and ``close`` the rest."""
 
     def __init__(self, synthesis: Synthesis, width: int, lo: int, hi: int) -> None:
         if not 0 <= lo < hi <= width:
@@ -232,13 +232,16 @@ class Band:
         return torch.cat(chunks).permute(2, 0, 1)
 
     def _step(self, k: int, layer: _Deconv, chunk: Tensor) -> list[Tensor]:
-        """Layer k's output of its pending rows, now that ``chunk`` gives the row below."""
-        pending, self.pending[k] = self.pending[k], chunk
-        if pending is None:
+        """Layer k's output of the rows it holds and those of ``chunk`` but the last, which
+        waits for the row below: the layer holds two input rows, not a chunk."""
+        rows = chunk if self.pending[k] is None else torch.cat([self.pending[k], chunk])
+        if self.above[k] is None:
             self.above[k] = chunk.new_zeros((1, *chunk.shape[1:]))
+        self.pending[k] = rows[-1:].clone()  # not a view that keeps the chunk
+        if rows.shape[0] == 1:
             return []
-        out = layer(self.above[k], pending, chunk[:1])
-        self.above[k] = pending[-1:]
+        out = layer(self.above[k], rows[:-1], rows[-1:])
+        self.above[k] = rows[-2:-1].clone()
         return [out]
 
 
