@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from lsq import allocator
 from lsq.codec.bitstream import (
     DEFAULT_MAX_PIXELS,
     FLAG_ALPHA,
@@ -60,6 +61,7 @@ Y_STRIDE = 16  # pixels per position of the latent y
 HALO = 2  # latents of neighbouring tiles that a tile's analysis sees
 Z_HALO = 2  # z positions of neighbouring tiles that a tile's h_a and h_s see
 SYNTHESIS_POSITIONS = 256  # latent positions synthesized at a time (bounds decoder memory)
+SYNTHESIS_BAND = 1024  # pixel columns synthesized together (at least one tile's)
 ANALYSIS_BAND = 16  # latent rows analysed at a time (bounds the encoder's memory)
 DEFAULT_TILE = 1024
 EXIF_ORIENTATION = 0x0112
@@ -344,6 +346,7 @@ def _encode_tiles(net: torch.nn.Module, rgb: Pixels, q: float, tile: int,
             if on_tile is not None:
                 on_tile(i + 1, len(tiles))
         ys.pop(done, None)
+        allocator.release()
     return sections, shapes
 
 
@@ -452,34 +455,52 @@ def _joined_z(net: torch.nn.Module, header: Header, sections: list[bytes]) -> to
 
 def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
                   rgb: Image.Image, on_tile: TileCallback | None) -> None:
-    """Versions 3 and 4: the latents of each tile row joined across the image's width and
-    streamed through one synthesis of the whole image, a few latent rows at a time: no
-    seams, and each output value is the one a single synthesis of all latents gives."""
+    """Versions 3 and 4: one synthesis of the whole image's latent, made band by band of
+    SYNTHESIS_BAND pixel columns (``Synthesis.band``), each streamed a few latent rows at
+    a time: no seams, and each output value is the one a single synthesis of all latents
+    gives. A tile row is decoded tile by tile as the bands reach it, so the decoder holds
+    the latents of a band's tiles and of its two neighbours, whatever the image's size."""
     cols, rows = header.grid
-    chunk = max(1, SYNTHESIS_POSITIONS // (_padded(header.width) // Y_STRIDE))
+    per_tile = header.tile // Y_STRIDE  # latent columns of a tile
+    tiles_per_band = max(1, SYNTHESIS_BAND // header.tile)
+    width = _padded(header.width) // Y_STRIDE
+    synthesis = net.synthesis()
+    span = tiles_per_band * per_tile  # latent columns of a band
+    bands = [synthesis.band(width, lo, min(lo + span, width)) for lo in range(0, width, span)]
+    chunk = max(1, SYNTHESIS_POSITIONS // (bands[0].window[1] - bands[0].window[0]))
     z_hat = _joined_z(net, header, sections) if header.version >= 4 else None
+    done = [0] * len(bands)  # output rows pasted, per band
 
-    def latent_rows():
-        tiles: list[torch.Tensor] = []
-        for r in range(rows):
-            tiles.clear()  # the previous tile row's latents go before this row's come
-            tiles += (_tile_latent(net, header, sections, r * cols + c, z_hat)
-                      for c in range(cols))
-            for lo in range(0, tiles[0].shape[1], chunk):
-                yield torch.cat([t[:, lo : lo + chunk] for t in tiles], dim=2)
+    def paste(b: int, block: torch.Tensor) -> None:
+        n = min(block.shape[1], header.height - done[b])
+        x0 = b * span * Y_STRIDE
+        if n > 0 and x0 < header.width:
+            _paste(rgb, block[:, :n, : header.width - x0].clamp(0, 1).mul(255).round(),
+                   x0, done[b])
+        done[b] += block.shape[1]
 
-    done, reported = 0, 0
-    for block in net.synthesis().rows(latent_rows()):
-        n = min(block.shape[1], header.height - done)
-        if n > 0:
-            pixels = block[:, :n, : header.width].clamp(0, 1).mul(255).round()
-            _paste(rgb, pixels, 0, done)
-            done += n
-        while reported < rows and done >= min((reported + 1) * header.tile, header.height):
-            reported += 1
+    for r in range(rows):
+        latents: dict[int, torch.Tensor] = {}  # by tile column, this tile row's
+        for b, band in enumerate(bands):
+            first, last = band.window
+            for c in range(first // per_tile, (last - 1) // per_tile + 1):
+                if c not in latents:
+                    latents[c] = _tile_latent(net, header, sections, r * cols + c, z_hat)
+            window = torch.cat([t[:, :, max(first - c * per_tile, 0) : last - c * per_tile]
+                                for c, t in latents.items()
+                                if c * per_tile < last and c * per_tile + t.shape[2] > first],
+                               dim=2)
+            for lo in range(0, window.shape[1], chunk):
+                paste(b, band.push(window[:, lo : lo + chunk]))
+            del window
+            for c in [c for c in latents if (c + 1) * per_tile < (b + 1) * span]:
+                del latents[c]  # the next band's window starts one column before it
+            allocator.release()
             if on_tile is not None:
-                for i in range((reported - 1) * cols, reported * cols):
-                    on_tile(i + 1, len(header.latent_shapes))
+                for c in range(b * tiles_per_band, min((b + 1) * tiles_per_band, cols)):
+                    on_tile(r * cols + c + 1, len(header.latent_shapes))
+    for b, band in enumerate(bands):
+        paste(b, band.close())
 
 
 def _paste(img: Image.Image, pixels: torch.Tensor, x0: int, y0: int) -> None:

@@ -15,10 +15,11 @@ products over contiguous rows instead:
 
 Each output value is the bias plus its taps' products added in a fixed order, and each
 product sums over C_in alone, so the values do not depend on how rows are chunked, on
-the image's size or on where a tile starts. ``rows`` streams: each transposed
-convolution reads one row either side of the rows it makes, so a layer keeps one input row
-of lookahead and the decoder holds only a few rows of every layer, whatever the image
-height.
+the image's size or on where a tile starts. ``Band`` streams: each transposed
+convolution reads one row and column either side of those it makes, so a layer keeps one
+input row of lookahead, a band of columns is synthesized from its latent columns and three
+more, and the decoder holds a few rows of one band of every layer, whatever the image's
+size.
 """
 
 from __future__ import annotations
@@ -140,16 +141,25 @@ class Synthesis:
             else:
                 raise ValueError(f"the float64 synthesis has no {type(layer).__name__}")
 
+    def band(self, width: int, lo: int, hi: int) -> Band:
+        """A stream of g_s that makes the output columns of latent columns lo..hi-1 of an
+        image whose latent is ``width`` columns wide (:class:`Band`)."""
+        return Band(self, width, lo, hi)
+
     def rows(self, latents: Iterable[Tensor]) -> Iterator[Tensor]:
         """Stream g_s: latents (M, k, w) are consecutive latent rows of one image, top to
         bottom; yields its output rows (3, r, 16 w) in order, float64 and not clamped."""
-        chunks: Iterable[Tensor] = (y.to(self.device, torch.float64).permute(1, 2, 0)
-                                    for y in latents)
-        for layer in self.layers:
-            chunks = (_stream_deconv(layer, chunks) if isinstance(layer, _Deconv)
-                      else map(layer, chunks))
-        for chunk in chunks:
-            yield chunk.permute(2, 0, 1)
+        band: Band | None = None
+        for y in latents:
+            if band is None:
+                band = self.band(y.shape[2], 0, y.shape[2])
+            out = band.push(y)
+            if out.shape[1]:
+                yield out
+        if band is not None:
+            out = band.close()
+            if out.shape[1]:
+                yield out
 
     def __call__(self, y: Tensor, rows_per_chunk: int = 4) -> Tensor:
         """g_s of one latent (M, h, w): (3, 16 h, 16 w) float64."""
@@ -158,22 +168,81 @@ class Synthesis:
         return torch.cat(list(parts), dim=1)
 
 
-def _stream_deconv(layer: _Deconv, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
-    """Apply a transposed convolution to consecutive row chunks (rows, W, C): a chunk's
-    output waits for the first row of the next one."""
-    above: Tensor | None = None
-    pending: Tensor | None = None
-    for chunk in chunks:
-        if not chunk.shape[0]:
-            continue
-        if pending is not None:
-            yield layer(above, pending, chunk[:1])
-            above = pending[-1:]
-        else:
-            above = chunk.new_zeros((1, *chunk.shape[1:]))
-        pending = chunk
-    if pending is not None:
-        yield layer(above, pending, torch.zeros_like(pending[:1]))
+class Band:
+    """g_s of a band of columns of one image, fed its latent rows top to bottom.
+
+    Output column o of a transposed convolution reads input columns o // 2 - 1 .. o // 2 + 1
+    (o even) or o // 2 .. o // 2 + 1 (o odd), so the band is given the latent columns
+    ``window`` (its own, one more on the left and two on the right, within the image) and
+    every layer's output is cropped to the columns that the next layer reads: each value
+    in the band is the one that the whole image's synthesis makes, while the rows held
+    stay as narrow as the band, whatever the image's width. Each transposed convolution
+    holds back its last input row until the row below it comes, so a push yields the rows
+    that the rows given so far complete and ``close`` the rest."""
+
+    def __init__(self, synthesis: Synthesis, width: int, lo: int, hi: int) -> None:
+        if not 0 <= lo < hi <= width:
+            raise ValueError(f"latent columns {lo}..{hi} are not within 0..{width}")
+        self.device = synthesis.device
+        self.layers = synthesis.layers
+        deconvs = sum(isinstance(layer, _Deconv) for layer in self.layers)
+        # the columns each transposed convolution must be given, last layer first
+        needed = [(lo << deconvs, hi << deconvs)]
+        for k in range(deconvs - 1, -1, -1):
+            first, last = needed[-1]
+            needed.append((max(first // 2 - 1 + first % 2, 0),
+                           min((last - 1) // 2 + 2, width << k)))
+        needed.reverse()
+        self.window = needed[0]
+        self.columns = (hi - lo) << deconvs
+        self.channels = next(layer.cout for layer in reversed(self.layers)
+                             if isinstance(layer, _Deconv))
+        #: per transposed convolution: the columns of its output that the next layer reads
+        self.crops = [(needed[k + 1][0] - 2 * needed[k][0], needed[k + 1][1] - 2 * needed[k][0])
+                      for k in range(deconvs)]
+        self.above: list[Tensor | None] = [None] * deconvs
+        self.pending: list[Tensor | None] = [None] * deconvs
+
+    def push(self, y: Tensor) -> Tensor:
+        """Feed the band's next latent rows (M, k, window columns); returns the output rows
+        (C, r, 16 (hi - lo)) that they complete, r >= 0, float64 and not clamped."""
+        return self._run([y.to(self.device, torch.float64).permute(1, 2, 0)], final=False)
+
+    def close(self) -> Tensor:
+        """The band's last output rows, below which the image ends (zeros)."""
+        return self._run([], final=True)
+
+    def _run(self, chunks: list[Tensor], final: bool) -> Tensor:
+        k = 0
+        for layer in self.layers:
+            if isinstance(layer, _InverseGDN):
+                chunks = [layer(chunk) for chunk in chunks]
+                continue
+            out = [o for chunk in chunks if chunk.shape[0] for o in self._step(k, layer, chunk)]
+            if final and self.pending[k] is not None:
+                pending = self.pending[k]
+                out.append(layer(self.above[k], pending, torch.zeros_like(pending[:1])))
+                self.pending[k] = None
+            first, last = self.crops[k]
+            chunks = [o[:, first:last] for o in out]
+            k += 1
+        if not chunks:
+            return torch.zeros((self.channels, 0, self.columns), dtype=torch.float64,
+                               device=self.device)
+        return torch.cat(chunks).permute(2, 0, 1)
+
+    def _step(self, k: int, layer: _Deconv, chunk: Tensor) -> list[Tensor]:
+        """Layer k's output of the rows it holds and those of ``chunk`` but the last, which
+        waits for the row below: the layer holds two input rows, not a chunk."""
+        rows = chunk if self.pending[k] is None else torch.cat([self.pending[k], chunk])
+        if self.above[k] is None:
+            self.above[k] = chunk.new_zeros((1, *chunk.shape[1:]))
+        self.pending[k] = rows[-1:].clone()  # not a view that keeps the chunk
+        if rows.shape[0] == 1:
+            return []
+        out = layer(self.above[k], rows[:-1], rows[-1:])
+        self.above[k] = rows[-2:-1].clone()
+        return [out]
 
 
 def _rounded(rows: int) -> int:

@@ -293,9 +293,13 @@ def test_version_3_stream_decodes_as_before(monkeypatch: pytest.MonkeyPatch) -> 
         "89350c7c6b459b2d5dc3bbcb7084d604d13020b6913dfd15c8f072da80780116")
 
 
-def test_tiles_decode_as_one_synthesis_of_all_latents() -> None:
+@pytest.mark.parametrize("band", [64, 128, 1024])
+def test_tiles_decode_as_one_synthesis_of_all_latents(monkeypatch: pytest.MonkeyPatch,
+                                                      band: int) -> None:
     """Version 3: joining tiles through their latents' borders gives the pixels that one
-    synthesis of the whole latent gives, whatever the tile grid."""
+    synthesis of the whole latent gives, whatever the tile grid and however many columns
+    are synthesized together."""
+    monkeypatch.setattr(image_codec, "SYNTHESIS_BAND", band)
     data = image_codec.encode_image_report(noise("RGB", (150, 100)), tile=64)[0]
     header, sections = unpack(data)
     assert header.version == 4 and header.grid == (3, 2)

@@ -53,3 +53,24 @@ def test_refuses_other_layers() -> None:
         Synthesis(nn.Sequential(nn.ReLU()), torch.device("cpu"))
     with pytest.raises(ValueError, match="5x5"):
         Synthesis(nn.Sequential(nn.ConvTranspose2d(3, 3, 3)), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bounds", [(0, 3), (2, 5), (3, 11), (9, 11), (0, 11)])
+def test_a_band_of_columns_gives_the_same_bits(net: nn.Module, bounds: tuple[int, int]) -> None:
+    """A band fed only its window of latent columns makes the whole synthesis's columns,
+    chunked by rows as it likes."""
+    y = torch.randn(24, 7, 11, dtype=torch.float64)
+    synthesis = Synthesis(net.g_s, torch.device("cpu"))
+    lo, hi = bounds
+    band = synthesis.band(11, lo, hi)
+    first, last = band.window
+    assert first == max(lo - 1, 0) and last == min(hi + 2, 11)
+    parts = [band.push(y[:, r : r + 2, first:last]) for r in range(0, 7, 2)]
+    got = torch.cat([*parts, band.close()], dim=1)
+    assert torch.equal(got, synthesis(y)[:, :, 16 * lo : 16 * hi])
+
+
+def test_a_band_outside_the_latent_is_refused(net: nn.Module) -> None:
+    synthesis = Synthesis(net.g_s, torch.device("cpu"))
+    with pytest.raises(ValueError, match="not within"):
+        synthesis.band(5, 3, 6)
