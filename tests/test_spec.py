@@ -31,8 +31,11 @@ SAMPLE = ROOT / "eval" / "sample" / "kodim23.png"
 #: computed with the code before models were built from specs (stream format 2; format 3
 #: changed the header around the same sections). `spherical-leech`'s is the banded
 #: analysis transform's: its float32 rounding moves near-tie first-shell choices (same size
-#: and PSNR on this image; the spec change alone gave f558373b...).
+#: and PSNR on this image; the spec change alone gave f558373b...). Models trained by
+#: `lsq.training` (SPEC_FILES) store their spec; theirs are the streams of their release.
 STREAMS = {
+    ("flagship-leech-ckbd", None):
+        "01f180b0ca7703f0cb3d1cca92a2b52ae90dd28a535669ac05c81933410e5b3a",
     ("bsq-m384-q6", None): "41b75de300dd8f0da76949ec2ea36a11d2195b48199f44d7c308d1cfcde981a3",
     ("bsq-m96-q1", None): "ade74f4f130a4e2fef6fab9b2926927919836fc387ca2b181d4f4ae6872ba848",
     ("bsq-q2", None): "2c70e51f177004c6a1da1f9e33f5891211dc08d2e25ebbd7f56c31dd3685a235",
@@ -47,6 +50,8 @@ STREAMS = {
     ("spherical-leech", None):
         "65be9239ff8690f74532fb6bf066af696940b88c387bb5b0651249731ee328ce",
 }
+
+SPEC_FILES = {"flagship-leech-ckbd"}
 
 TINY = ModelSpec("leech", N=16, M=48, qualities=(2, 6), context="channel-groups",
                  codec_options={"group_transform": "full", "groups": [24, 24]})
@@ -74,7 +79,8 @@ def test_shipped_model_codes_the_sample_to_the_same_bytes(name: str, quality: in
 @pytest.mark.parametrize("name", sorted({name for name, _ in STREAMS}))
 def test_shipped_file_reads_as_the_preset_of_its_name(name: str) -> None:
     config = weights_file.read_config(SHIPPED / f"{name}.safetensors")
-    assert "spec" not in config  # these predate specs: read from family, N, M, codec_options
+    # the others predate specs: read from family, N, M, codec_options
+    assert ("spec" in config) == (name in SPEC_FILES)
     assert ModelSpec.from_weights_config(config) == preset(name)
 
 
