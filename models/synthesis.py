@@ -24,8 +24,6 @@ size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import torch
 from torch import Tensor, nn
 
@@ -146,26 +144,13 @@ class Synthesis:
         image whose latent is ``width`` columns wide (:class:`Band`)."""
         return Band(self, width, lo, hi)
 
-    def rows(self, latents: Iterable[Tensor]) -> Iterator[Tensor]:
-        """Stream g_s: latents (M, k, w) are consecutive latent rows of one image, top to
-        bottom; yields its output rows (3, r, 16 w) in order, float64 and not clamped."""
-        band: Band | None = None
-        for y in latents:
-            if band is None:
-                band = self.band(y.shape[2], 0, y.shape[2])
-            out = band.push(y)
-            if out.shape[1]:
-                yield out
-        if band is not None:
-            out = band.close()
-            if out.shape[1]:
-                yield out
-
     def __call__(self, y: Tensor, rows_per_chunk: int = 4) -> Tensor:
-        """g_s of one latent (M, h, w): (3, 16 h, 16 w) float64."""
-        parts = self.rows(y[:, lo : lo + rows_per_chunk]
-                          for lo in range(0, y.shape[1], rows_per_chunk))
-        return torch.cat(list(parts), dim=1)
+        """g_s of one latent (M, h, w): (3, 16 h, 16 w) float64, streamed through one band
+        of the whole width ``rows_per_chunk`` latent rows at a time."""
+        band = self.band(y.shape[2], 0, y.shape[2])
+        parts = [band.push(y[:, lo : lo + rows_per_chunk])
+                 for lo in range(0, y.shape[1], rows_per_chunk)]
+        return torch.cat([*parts, band.close()], dim=1)
 
 
 class Band:
