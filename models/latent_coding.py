@@ -139,8 +139,7 @@ def _winograd(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor
             v[i, j] = part
     m = torch.bmm(u, v.view(16, cin, th * tw)).view(4, 4, -1, th, tw)
     y = x.new_empty((m.shape[2], th, 2, tw, 2))
-    for i, (m0, m1, m2, m3) in enumerate(((m[0], m[1], m[2], None), (None, m[1], m[2], m[3]))):
-        rows = m0 + m1 + m2 if i == 0 else m1 - m2 - m3
+    for i, rows in enumerate((m[0] + m[1] + m[2], m[1] - m[2] - m[3])):  # A^T along rows
         y[:, :, i, :, 0] = rows[0] + rows[1] + rows[2] + b[:, None, None]
         y[:, :, i, :, 1] = rows[1] - rows[2] - rows[3] + b[:, None, None]
     return y.view(-1, 2 * th, 2 * tw)[None, :, :h, :w]
