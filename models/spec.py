@@ -315,7 +315,8 @@ _FLAGSHIP_CKBD = {**_FLAGSHIP, "checkerboard": True}
 
 #: Named models: the shipped ones, under their weights files' names too (bsq's name its
 #: fixed quality), the dithered training proxies of `leech`, the separable channel-groups
-#: models, and the flagship's Λ24 model and rounding twin, without and with the checkerboard.
+#: models, and the flagship's Λ24 model and rounding twin, without and with the checkerboard,
+#: and its hybrid (Λ24 on the active blocks, rounding on the rest).
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "leech": ModelSpec("leech"),
     "leech-dither": ModelSpec("leech", proxy="dither"),
@@ -344,6 +345,8 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "flagship-leech-ckbd": ModelSpec("leech", N=192, M=336, context="channel-groups",
                                      codec_options=_FLAGSHIP_CKBD),
     "flagship-scalar-ckbd": ModelSpec("scalar", N=192, M=336, context="channel-groups",
+                                      codec_options=_FLAGSHIP_CKBD),
+    "flagship-hybrid-ckbd": ModelSpec("leech-hybrid", N=192, M=336, context="channel-groups",
                                       codec_options=_FLAGSHIP_CKBD),
 })
 

@@ -1,5 +1,6 @@
 """A run continued across GPU sessions from its exported fp16 weights (``--continue-from``):
-its steps, crops, GPU time, lr schedule and history go on, another model is refused, and a
+its steps, crops, GPU time, lr schedule and history go on, also under another latent codec of
+the same parameters; another model is refused, and a
 checkpoint in the run folder still wins (an exact resume)."""
 
 from __future__ import annotations
@@ -80,6 +81,21 @@ def test_a_continued_run_counts_on_and_keeps_the_lr_schedule(images, first_sessi
     train(tiny(whole), images)
     assert lrs(whole) == pytest.approx({1: LR / 2, 2: LR, 3: LR, 4: LR, 5: LR, 6: LR,
                                         7: LR / 10, 8: LR / 10})
+
+
+def test_a_continue_may_switch_to_a_latent_codec_of_the_same_parameters(images, first_session,
+                                                                        tmp_path, capsys):
+    run = tmp_path / "hybrid"
+    train(tiny(run, continue_from=str(first_session), quantizer="leech-hybrid"), images)
+    assert (f"re-warm-up {WARMUP} steps; trained with scalar, now leech-hybrid)"
+            in capsys.readouterr().out)
+    meta = config_of(run / export.FINAL)
+    assert (meta["family"], meta["steps"], meta["images_seen"]) == ("leech-hybrid", 2 * K,
+                                                                    2 * K * 4)
+    before, after = meta["sessions"]
+    assert "codec_from" not in before
+    assert (after["start"], after["codec_from"], after["steps"]) == ("continue", "scalar",
+                                                                     [K, 2 * K])
 
 
 def test_a_continue_keeps_the_learning_rate_its_rollbacks_halved(images, first_session,

@@ -77,9 +77,11 @@ class TrainConfig:
     init_transforms: str | None = _f(None, "start the transforms from another model's exported "
                                            "weights, any quantizer, when OUT has no checkpoint")
     continue_from: str | None = _f(None, "when OUT has no checkpoint, continue the run whose "
-                                         "exported weights these are (the same model; fresh "
-                                         "optimizer): its steps, crops, GPU time, lr schedule "
-                                         "and history go on, --steps is the total")
+                                         "exported weights these are (the same model, or "
+                                         "the same with another latent codec of the same "
+                                         "parameters; fresh optimizer): its steps, crops, "
+                                         "GPU time, lr schedule and history go on, --steps "
+                                         "is the total")
     resume: bool = _f(True, "continue from OUT's checkpoint if there is one")
     ckpt_moments: str = _f("bfloat16", "dtype of Adam moments in checkpoints (float32: exact "
                                        "resume; bfloat16: smaller parts)")
@@ -197,6 +199,14 @@ def spec_difference(ours: ModelSpec, theirs: ModelSpec) -> str:
     return ", ".join(f"{k}={b[k]!r} (this run: {v!r})" for k, v in a.items() if b[k] != v)
 
 
+def _same_but_codec(ours: ModelSpec, theirs: ModelSpec) -> bool:
+    """Whether ``theirs`` is ``ours`` up to the latent codec."""
+    try:
+        return dataclasses.replace(theirs, latent_codec=ours.latent_codec) == ours
+    except SpecError:  # their options do not fit our codec
+        return False
+
+
 def _continue_problems(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
     """--continue-from: the same model's weights, at a step short of this run's end (unless
     OUT's checkpoint, which wins, makes them irrelevant)."""
@@ -214,9 +224,10 @@ def _continue_problems(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
         theirs = ModelSpec.from_weights_config(config)
     except (WeightsFileError, SpecError) as e:
         return [f"--continue-from: {e}"]
-    if theirs != spec:
+    if not _same_but_codec(spec, theirs):
         return [f"--continue-from {path} holds another model ({spec_difference(spec, theirs)}); "
-                "it continues the same model only (--init-transforms starts another)"]
+                "it continues the same model, or the same with another latent codec of the "
+                "same parameters, only (--init-transforms starts another)"]
     steps = config.get("steps")
     if type(steps) is not int or steps < 1:
         return [f"--continue-from {path} records no training steps (--init starts from it)"]

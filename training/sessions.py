@@ -3,12 +3,13 @@ exported weights, or exactly from a checkpoint), the steps and crops it trained 
 time. It goes into every checkpoint and into the export's ``sessions``, so weights trained
 over many GPU sessions say where each boundary was and whether it cost a fresh optimizer.
 
-An entry is ``{"start", "from"?, "fp16"?, "steps": [first, last], "images", "gpu_time",
-"batch", "world", "command"}``; ``start`` is scratch, init, init-transforms, continue
-(exported weights of the same run, fresh optimizer; ``fp16``: whether the file held fp16
-tensors), resume (its checkpoint: exact on the same world size with float32 moments) or
-unrecorded (training before histories were kept: a file's or checkpoint's steps so far,
-and its free-text ``history`` if it has one).
+An entry is ``{"start", "from"?, "fp16"?, "codec_from"?, "steps": [first, last], "images",
+"gpu_time", "batch", "world", "command"}``; ``start`` is scratch, init, init-transforms,
+continue (exported weights of the same run, fresh optimizer; ``fp16``: whether the file held
+fp16 tensors; ``codec_from``: the latent codec they were trained with, where this process
+trains another of the same parameters), resume (its checkpoint: exact on the same world size
+with float32 moments) or unrecorded (training before histories were kept: a file's or
+checkpoint's steps so far, and its free-text ``history`` if it has one).
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ class Start:
     history: list[dict] = dataclasses.field(default_factory=list)
     #: a continue: whether the weights it starts from were stored as fp16
     fp16: bool | None = None
+    #: a continue with another latent codec: the one the weights were trained with
+    codec_from: str | None = None
 
     def sessions(self, step: int, images_seen: int, gpu_time: float, batch: int, world: int,
                  command: str) -> list[dict]:
         """The history with this process's entry, at ``step``."""
         entry = {"start": self.how, **({"from": self.source} if self.source else {}),
                  **({} if self.fp16 is None else {"fp16": self.fp16}),
+                 **({"codec_from": self.codec_from} if self.codec_from else {}),
                  "steps": [self.step, step], "images": images_seen - self.images_seen,
                  "gpu_time": round(gpu_time - self.gpu_time, 1), "batch": batch,
                  "world": world, "command": command}

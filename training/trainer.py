@@ -205,13 +205,17 @@ def _continue(run: Run, is_main: bool) -> sessions.Start:
     path = run.cfg.continue_from
     config = read_config(path)
     start = sessions.from_weights(config, path, continue_weights(run.model, path))
+    trained_with = ModelSpec.from_weights_config(config).latent_codec
+    if trained_with != run.spec.latent_codec:
+        start.codec_from = trained_with
     if run.default_quality is None:
         run.default_quality = config["default_quality"]
     run.name = run.name or config["name"]
     _reseed(run, start.step)
     if is_main:
         print(f"[train] continue {path} at step {start.step} (fresh optimizer, re-warm-up "
-              f"{run.cfg.warmup_steps} steps)", flush=True)
+              f"{run.cfg.warmup_steps} steps" + (f"; trained with {start.codec_from}, now "
+              f"{run.spec.latent_codec}" if start.codec_from else "") + ")", flush=True)
     return start
 
 
