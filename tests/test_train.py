@@ -698,6 +698,11 @@ def test_the_best_validation_is_exported_and_a_resume_keeps_it(images, tmp_path,
     train(tiny_config(tmp_path, val_every=2), images)  # resumed: -2.0, -2.5 are no better
     best = json.loads(safe_open(str(tmp_path / export.BEST), "pt").metadata()["config"])
     assert (best["steps"], best["heldout_score"]) == (4, pytest.approx(-3.0))
+    scores = iter([-1.0, -3.0])  # the same run to step 4: its weights are the best file's
+    train(tiny_config(tmp_path / "to4", val_every=2, stop_step=4), images)
+    to4 = export.export_weights(checkpoint.load(tmp_path / "to4"), tmp_path / "to4.safetensors")
+    a, b = load_file(str(to4)), load_file(str(tmp_path / export.BEST))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_run_that_keeps_diverging_stops_and_keeps_its_finite_checkpoint(images, tmp_path,

@@ -5,9 +5,10 @@ export.
 A callback sees the trainer at these points: ``on_start``; ``on_step_begin`` and
 ``on_step_end(stats)`` around every step; ``request`` at check points, where it may ask for
 "rollback", "stop" or "checkpoint" (rank 0's requests are what every rank does);
-``on_rollback(from_step)`` and ``on_save`` after the trainer did so; ``on_pause`` after
-time that was not training (a checkpoint, a validation); ``on_end``. ``result``
-adds to what ``Trainer.run`` returns.
+``on_rollback(from_step)`` and ``on_save(state)`` after the trainer did so (``state``: the
+checkpoint it wrote, on rank 0; None elsewhere); ``on_pause`` after time that was not
+training (a checkpoint, a validation); ``on_end``. ``result`` adds to what ``Trainer.run``
+returns.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Callback:
 
     def on_rollback(self, t: Trainer, from_step: int) -> None: ...
 
-    def on_save(self, t: Trainer) -> None: ...
+    def on_save(self, t: Trainer, state: dict | None) -> None: ...
 
     def on_pause(self, t: Trainer) -> None: ...
 
@@ -144,7 +145,7 @@ class PeriodicCheckpoint(Callback):
     def request(self, t: Trainer) -> str | None:
         return "checkpoint" if time.monotonic() - self.last >= self.seconds else None
 
-    def on_save(self, t: Trainer) -> None:
+    def on_save(self, t: Trainer, state: dict | None) -> None:
         self.last = time.monotonic()
 
 
@@ -233,7 +234,7 @@ class BestExport(Callback):
     qualities of log(held-out RD cost), so every quality counts alike; it goes into the
     file's config (``heldout_score``), and a resumed run keeps a better file. A better
     validation asks for a checkpoint, which every rank takes part in, and the export is made
-    from it."""
+    from the state it wrote."""
 
     def __init__(self, validation: Validation) -> None:
         self.validation, self.pending, self.best = validation, False, math.inf
@@ -260,11 +261,9 @@ class BestExport(Callback):
     def on_rollback(self, t: Trainer, from_step: int) -> None:
         self.pending = False
 
-    def on_save(self, t: Trainer) -> None:
-        if t.is_main and self.pending:
-            from . import checkpoint
-
-            export.export_weights(checkpoint.load(t.out_dir), t.out_dir / export.BEST,
+    def on_save(self, t: Trainer, state: dict | None) -> None:
+        if state is not None and self.pending:
+            export.export_weights(state, t.out_dir / export.BEST,
                                   meta={"heldout_score": self.best})
             t.emit(f"[train] best held-out so far: {t.out_dir / export.BEST} (step {t.step})")
         self.pending = False

@@ -116,7 +116,7 @@ class Trainer:
         state = self.state()  # a collective: every rank takes part
         if self.is_main:
             checkpoint.save(self.out_dir, state)
-        self.notify("on_save")
+        self.notify("on_save", state if self.is_main else None)
         self.notify("on_pause")
 
     def roll_back(self) -> None:
