@@ -11,9 +11,9 @@ and any mismatch makes the exit status 1. The synthesis transform then runs in f
 the decoding device; its pixels are compared and reported too. ``--untrained`` checks
 randomly initialised models of every quantizer (seed 0, N=128, M=192) instead of the
 shipped ones, two channel-groups Leech models (``context="channel-groups"``, separable
-group transforms with LRP and full ones) and two with the checkerboard spatial context (Leech
-with full transforms and LRP, rounding with separable ones), so that every coding path is
-covered whatever is shipped.
+group transforms with LRP and full ones) and three with the checkerboard spatial context (Leech
+with full transforms and LRP, rounding with separable ones, the hybrid with full ones in
+uneven groups), so that every coding path is covered whatever is shipped.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def decoded_latents(data: bytes, device: str) -> list[torch.Tensor]:
 #: (name suffix, quantizer, codec options) of the untrained models: every quantizer, and
 #: Leech inside the channel-groups context model with LRP and with full 3x3 group transforms
 #: (whose group and residual transforms are integer networks, LeakyReLU in the full ones), and
-#: with the checkerboard, whose anchors' y_hat feeds an integer spatial context network.
+#: with the checkerboard, whose anchors' y_hat feeds an integer spatial context network
+#: (the flagship's hybrid in uneven groups too, its threshold where an untrained model puts
+#: some blocks on either side).
 UNTRAINED = [(q, q, {}) for q in LATENT_CODECS] + [
     ("leech-channel-groups", "leech", {"context": "channel-groups", "lrp": True}),
     ("leech-channel-groups-full", "leech",
@@ -71,7 +73,10 @@ UNTRAINED = [(q, q, {}) for q in LATENT_CODECS] + [
     ("leech-checkerboard-full", "leech",
      {"context": "channel-groups", "group_transform": "full", "lrp": True,
       "checkerboard": True}),
-    ("scalar-checkerboard", "scalar", {"context": "channel-groups", "checkerboard": True})]
+    ("scalar-checkerboard", "scalar", {"context": "channel-groups", "checkerboard": True}),
+    ("leech-hybrid-checkerboard-uneven", "leech-hybrid",
+     {"context": "channel-groups", "group_transform": "full", "groups": (24, 24, 48, 96),
+      "checkerboard": True, "above": -0.004})]
 
 
 def write_untrained(folder: Path) -> None:
