@@ -5,12 +5,12 @@
         [--device cpu|cuda]
         [--workers N] [--compressai]
 
-Per image: bytes, bpp, PSNR, the PSNR of the 2-pixel bands either side of every tile
-border (images of more than one tile; "-" otherwise), then encode and decode seconds
-in-process (the full image
-path: tiling, padding, header; the model loaded, the best of --repeat runs after a warm-up
-run), wall and CPU time (CPU time is the steadier figure on a shared machine), and the peak
-resident memory of each direction. Each direction runs in its own child
+Per image: bytes, bpp, PSNR, seam_dB (what the 2-pixel bands either side of every tile
+border lose against the same pixels coded mid-tile, from a second coding of the image
+shifted by half a tile; "-" for one tile), then encode and decode seconds in-process (the
+full image path: tiling, padding, header; the model loaded, the best of --repeat runs after
+a warm-up run), wall and CPU time (CPU time is the steadier figure on a shared machine),
+and the peak resident memory of each direction. Each direction runs in its own child
 process, so that its peak (``ru_maxrss``, import of torch and the model included) is its
 own. --large adds a 3000x2000 photograph (another size with --large-size, e.g. 6000x4000):
 kodim23 upscaled with Lanczos, written once to the temporary folder. --compressai adds
@@ -106,18 +106,47 @@ def _child(direction: str, image: Path, stream: Path, args: argparse.Namespace) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def seam_psnr(original: np.ndarray, decoded: np.ndarray, tile: int) -> float | None:
-    """PSNR of the 2-pixel bands either side of every tile border; None for one tile."""
-    h, w = original.shape[:2]
+def seam_mask(shape: tuple[int, ...], tile: int) -> np.ndarray:
+    """The 2-pixel bands either side of every tile border of an image of ``shape``."""
+    h, w = shape[:2]
     seams = np.zeros((h, w), bool)
     for b in range(tile, w, tile):
         seams[:, b - 2 : b + 2] = True
     for b in range(tile, h, tile):
         seams[b - 2 : b + 2, :] = True
+    return seams
+
+
+def masked_psnr(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> float:
+    err = (original.astype(np.float64) - decoded)[mask] ** 2
+    return float(10 * np.log10(255**2 / err.mean()))
+
+
+def seam_psnr(original: np.ndarray, decoded: np.ndarray, tile: int) -> float | None:
+    """PSNR of the 2-pixel bands either side of every tile border; None for one tile."""
+    seams = seam_mask(original.shape, tile)
+    return masked_psnr(original, decoded, seams) if seams.any() else None
+
+
+def seam_loss(original: np.ndarray, decoded: np.ndarray, tile: int, model: str | None
+              ) -> float | None:
+    """dB lost on the bands either side of the tile borders against the same pixels coded
+    away from any border: the image is coded again without its first tile/2 rows and
+    columns, which puts those bands mid-tile (and the latent grid where it was), so the
+    content's own difficulty cancels. None for one tile."""
+    from PIL import Image
+
+    from lsq.image_codec import decode_image, encode_image
+
+    shift = tile // 2
+    seams = seam_mask(original.shape, tile)
+    seams[:shift], seams[:, :shift] = False, False
     if not seams.any():
         return None
-    err = (original.astype(np.float64) - decoded)[seams] ** 2
-    return float(10 * np.log10(255**2 / err.mean()))
+    moved = np.asarray(decode_image(encode_image(Image.fromarray(original[shift:, shift:]),
+                                                 model=model)).convert("RGB"))
+    return (masked_psnr(original[shift:, shift:], moved, seams[shift:, shift:])
+            - masked_psnr(original, decoded, seams))
 
 
 def _compressai_seconds(rgb: np.ndarray) -> float:
@@ -142,7 +171,7 @@ def per_image(images: list[Path], args: argparse.Namespace) -> None:
     from lsq.eval.metrics import bpp, psnr
     from lsq.image_codec import DEFAULT_TILE, decode_image
 
-    print("image        size        bytes    bpp   PSNR   seam  enc_s  dec_s  enc_cpu  dec_cpu"
+    print("image        size        bytes    bpp   PSNR seam_dB enc_s  dec_s  enc_cpu  dec_cpu"
           "  enc_MB  dec_MB"
           + ("  compressai_s" if args.compressai else ""))
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,10 +183,10 @@ def per_image(images: list[Path], args: argparse.Namespace) -> None:
                 rgb = np.asarray(src.convert("RGB"))
             data = stream.read_bytes()
             rec = np.asarray(decode_image(data).convert("RGB"))
-            seam = seam_psnr(rgb, rec, DEFAULT_TILE)
+            seam = seam_loss(rgb, rec, DEFAULT_TILE, args.model)
             line = (f"{image.stem[:12]:12s} {rgb.shape[1]:>5d}x{rgb.shape[0]:<5d} {len(data):7d} "
                     f"{bpp(len(data), rgb.shape[0] * rgb.shape[1]):6.3f} {psnr(rgb, rec):6.2f} "
-                    f"{'     -' if seam is None else f'{seam:6.2f}'} "
+                    f"{'      -' if seam is None else f'{seam:7.2f}'} "
                     f"{enc['seconds']:6.2f} {dec['seconds']:6.2f} {enc['cpu_seconds']:8.2f} "
                     f"{dec['cpu_seconds']:8.2f} {enc['peak_mb']:7.0f} {dec['peak_mb']:7.0f}")
             if args.compressai:
