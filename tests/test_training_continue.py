@@ -1,7 +1,7 @@
 """A run continued across GPU sessions from its exported fp16 weights (``--continue-from``):
 its steps, crops, GPU time, lr schedule and history go on, also under another latent codec of
-the same parameters; another model is refused, and a
-checkpoint in the run folder still wins (an exact resume)."""
+the same parameters; another model is refused, and a checkpoint in the run folder still wins
+(an exact resume)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def test_a_continue_may_switch_to_a_latent_codec_of_the_same_parameters(images, 
     meta = config_of(run / export.FINAL)
     assert (meta["family"], meta["steps"], meta["images_seen"]) == ("leech-hybrid", 2 * K,
                                                                     2 * K * 4)
+    assert meta["name"] == "hybrid"  # its run's, not the name of the model it started from
     before, after = meta["sessions"]
     assert "codec_from" not in before
     assert (after["start"], after["codec_from"], after["steps"]) == ("continue", "scalar",

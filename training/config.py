@@ -227,7 +227,7 @@ def _continue_problems(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
     if not _same_but_codec(spec, theirs):
         return [f"--continue-from {path} holds another model ({spec_difference(spec, theirs)}); "
                 "it continues the same model, or the same with another latent codec of the "
-                "same parameters, only (--init-transforms starts another)"]
+                "same parameters (--init-transforms starts another)"]
     steps = config.get("steps")
     if type(steps) is not int or steps < 1:
         return [f"--continue-from {path} records no training steps (--init starts from it)"]

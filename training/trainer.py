@@ -210,7 +210,8 @@ def _continue(run: Run, is_main: bool) -> sessions.Start:
         start.codec_from = trained_with
     if run.default_quality is None:
         run.default_quality = config["default_quality"]
-    run.name = run.name or config["name"]
+    if start.codec_from is None:  # another codec is another model: not the file's name
+        run.name = run.name or config["name"]
     _reseed(run, start.step)
     if is_main:
         print(f"[train] continue {path} at step {start.step} (fresh optimizer, re-warm-up "
