@@ -12,7 +12,9 @@ import errno
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | memoryview, overwrite: bool = True) -> None:
@@ -22,12 +24,20 @@ def write_atomic(path: str | os.PathLike, data: bytes | memoryview, overwrite: b
     another process creates it meanwhile (where the file system has hard links). Any OSError
     names ``path``, not the temporary file.
     """
+    with open_atomic(path, overwrite) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, as :func:`write_atomic` does: it appears at
+    ``path`` when the block ends, and not at all if the block raises."""
     target = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())

@@ -33,6 +33,7 @@ import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ from lsq.codec.bitstream import (
 )
 from lsq.codec.entropy_coding import CorruptStreamError
 from lsq.models import registry
+from lsq.png_stream import PngWriter
 
 LATENT_STRIDE = 64  # total downsampling of the hyper-latent z: inputs pad to this multiple
 Y_STRIDE = 16  # pixels per position of the latent y
@@ -454,7 +456,7 @@ def _joined_z(net: torch.nn.Module, header: Header, sections: list[bytes]) -> to
 
 
 def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
-                  rgb: Image.Image, on_tile: TileCallback | None) -> None:
+                  out: _Output, on_tile: TileCallback | None) -> None:
     """Versions 3 and 4: one synthesis of the whole image's latent, made band by band of
     SYNTHESIS_BAND pixel columns (``Synthesis.band``), each streamed a few latent rows at
     a time: no seams, and each output value is the one a single synthesis of all latents
@@ -475,8 +477,8 @@ def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
         n = min(block.shape[1], header.height - done[b])
         x0 = b * span * Y_STRIDE
         if n > 0 and x0 < header.width:
-            _paste(rgb, block[:, :n, : header.width - x0].clamp(0, 1).mul(255).round(),
-                   x0, done[b])
+            out.paste(block[:, :n, : header.width - x0].clamp(0, 1).mul(255).round(),
+                      x0, done[b])
         done[b] += block.shape[1]
 
     for r in range(rows):
@@ -499,19 +501,67 @@ def _decode_tiles(net: torch.nn.Module, header: Header, sections: list[bytes],
             if on_tile is not None:
                 for c in range(b * tiles_per_band, min((b + 1) * tiles_per_band, cols)):
                     on_tile(r * cols + c + 1, len(header.latent_shapes))
+        out.rows_done(min(min(done), header.height))
     for b, band in enumerate(bands):
         paste(b, band.close())
+    out.rows_done(header.height)
 
 
-def _paste(img: Image.Image, pixels: torch.Tensor, x0: int, y0: int) -> None:
-    """Write pixel values (3, h, w), already rounded to 0..255, into img at (x0, y0): the
-    decoder holds the output image and a block, never a second copy of the image."""
-    block = pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    img.paste(Image.fromarray(np.ascontiguousarray(block)), (x0, y0))
+def _pixels(pixels: torch.Tensor) -> np.ndarray:
+    """Pixel values (3, h, w), already rounded to 0..255, as an (h, w, 3) uint8 array."""
+    return np.ascontiguousarray(pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
+class _Output:
+    """Where the decoder puts its RGB pixels: blocks at (x0, y0), then word that every row
+    above some row is complete (rows complete from the top, whatever the block order)."""
+
+    def paste(self, pixels: torch.Tensor, x0: int, y0: int) -> None:
+        raise NotImplementedError
+
+    def rows_done(self, rows: int) -> None:
+        """Rows 0..rows-1 are complete."""
+
+
+class _ImageOutput(_Output):
+    """The whole image, as a Pillow image: the decoder holds it and a block, never a
+    second copy of the image."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.img = Image.new("RGB", (width, height))
+
+    def paste(self, pixels: torch.Tensor, x0: int, y0: int) -> None:
+        self.img.paste(Image.fromarray(_pixels(pixels)), (x0, y0))
+
+
+class _RowsOutput(_Output):
+    """Complete rows handed to ``emit`` (rows (n, width, 3) uint8, first row index) as soon
+    as they are complete: only the rows not yet complete are held."""
+
+    def __init__(self, width: int, emit: Callable[[np.ndarray, int], None]) -> None:
+        self.emit, self.first = emit, 0
+        self.rows = np.zeros((0, width, 3), np.uint8)  # from row self.first on
+
+    def paste(self, pixels: torch.Tensor, x0: int, y0: int) -> None:
+        block = _pixels(pixels)
+        top, bottom = y0 - self.first, y0 - self.first + block.shape[0]
+        if bottom > len(self.rows):  # grow, at least doubling, so pastes copy rarely
+            grown = np.zeros((max(bottom, 2 * len(self.rows)), *self.rows.shape[1:]), np.uint8)
+            grown[: len(self.rows)] = self.rows
+            self.rows = grown
+        self.rows[top:bottom, x0 : x0 + block.shape[1]] = block
+
+    def rows_done(self, rows: int) -> None:
+        n = rows - self.first
+        if n <= 0:
+            return
+        self.emit(self.rows[:n], self.first)
+        self.rows = np.concatenate([self.rows[n:], np.zeros_like(self.rows[:n])])
+        self.first = rows
 
 
 def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes],
-                     rgb: Image.Image, on_tile: TileCallback | None) -> None:
+                     out: _Output, on_tile: TileCallback | None) -> None:
     """Version 2: every tile synthesized on its own (as version 2 decoders did)."""
     for i, x0, y0, tw, th in _tiles(header.width, header.height, header.tile):
         strings = [[sections[2 * i]], [sections[2 * i + 1]]]
@@ -521,18 +571,16 @@ def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes]
             raise BitstreamError(f"corrupt: tile {i} does not decode ({e})") from None
         if tuple(x_hat.shape) != (1, 3, _padded(th), _padded(tw)):
             raise BitstreamError(f"corrupt: tile {i} decodes to shape {tuple(x_hat.shape)}")
-        _paste(rgb, x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round(), x0, y0)
+        out.paste(x_hat[0, :, :th, :tw].clamp(0, 1).mul(255).round(), x0, y0)
+        if x0 + tw == header.width:
+            out.rows_done(y0 + th)
         if on_tile is not None:
             on_tile(i + 1, len(header.latent_shapes))
 
 
-def decode_image(
-    data: bytes,
-    device: str = "cpu",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    on_tile: TileCallback | None = None,
-) -> Image.Image:
-    """Decode `.lsq` bytes to a Pillow image of the original size (L, LA, RGB or RGBA)."""
+def _open(data: bytes, device: str, max_pixels: int
+          ) -> tuple[Header, list[bytes], torch.nn.Module, np.ndarray | None]:
+    """The stream checked against its model: header, sections, the model, the alpha plane."""
     dev = check_device(device)
     header, sections = unpack(data)
     if header.width * header.height > max_pixels:
@@ -551,18 +599,71 @@ def decode_image(
     if not registry.covers(registry.config_of(path), header.quality):
         raise BitstreamError(f"corrupt: quality {header.quality:g} is outside the qualities "
                              f"of model {header.model!r}")
-    net = registry.load_file(path, str(dev))
-    img = Image.new("RGB", (header.width, header.height))
-    with torch.inference_mode():
-        if header.version >= 3:
-            _decode_tiles(net, header, sections, img, on_tile)
-        else:
-            _decode_tiles_v2(net, header, sections, img, on_tile)
     alpha = None
     if header.flags & FLAG_ALPHA:
         alpha = _decode_alpha(sections[-1], header.width, header.height)
+    return header, sections, registry.load_file(path, str(dev)), alpha
+
+
+def _decode_into(out: _Output, net: torch.nn.Module, header: Header, sections: list[bytes],
+                 on_tile: TileCallback | None) -> None:
+    with torch.inference_mode():
+        if header.version >= 3:
+            _decode_tiles(net, header, sections, out, on_tile)
+        else:
+            _decode_tiles_v2(net, header, sections, out, on_tile)
+
+
+def decoded_mode(header: Header) -> str:
+    """The mode a stream decodes to: L, LA, RGB or RGBA."""
+    return ("L" if header.flags & FLAG_GRAY else "RGB") + ("A" if header.flags & FLAG_ALPHA
+                                                           else "")
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """(n, w, 3) uint8 RGB as (n, w) L, with Pillow's integer ITU-R 601-2 weights and
+    rounding, so that it equals ``Image.convert("L")``."""
+    r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def decode_image(
+    data: bytes,
+    device: str = "cpu",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_tile: TileCallback | None = None,
+) -> Image.Image:
+    """Decode `.lsq` bytes to a Pillow image of the original size (L, LA, RGB or RGBA)."""
+    header, sections, net, alpha = _open(data, device, max_pixels)
+    out = _ImageOutput(header.width, header.height)
+    _decode_into(out, net, header, sections, on_tile)
+    img = out.img
     if header.flags & FLAG_GRAY:
         img = img.convert("L")
     if alpha is not None:
         img.putalpha(Image.fromarray(alpha))
     return img
+
+
+def decode_to_png(
+    data: bytes,
+    file: BinaryIO,
+    device: str = "cpu",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_tile: TileCallback | None = None,
+) -> Header:
+    """Decode `.lsq` bytes as a PNG written to ``file`` row band by row band (the pixels of
+    :func:`decode_image`), never holding the whole image; returns the stream's header."""
+    header, sections, net, alpha = _open(data, device, max_pixels)
+    writer = PngWriter(file, header.width, header.height, decoded_mode(header))
+
+    def emit(rows: np.ndarray, first: int) -> None:
+        if header.flags & FLAG_GRAY:
+            rows = _luma(rows)[..., None]
+        if alpha is not None:
+            rows = np.concatenate([rows, alpha[first : first + len(rows), :, None]], axis=2)
+        writer.write(rows)
+
+    _decode_into(_RowsOutput(header.width, emit), net, header, sections, on_tile)
+    writer.close()
+    return header

@@ -25,7 +25,7 @@ import click
 
 from lsq.cli.main import INTERNAL_ERROR, CodecClickException, to_click_exception
 from lsq.codec.bitstream import DEFAULT_MAX_PIXELS
-from lsq.fileio import write_atomic
+from lsq.fileio import open_atomic, write_atomic
 
 STDIO = "-"
 
@@ -412,14 +412,24 @@ def decode(
         ref_rgb = None if reference is None else _reference_rgb(reference, header)
         prepare_torch(device, threads)
 
-        from lsq.image_codec import decode_image
+        from lsq.image_codec import decode_image, decode_to_png, decoded_mode
 
         start = time.perf_counter()
-        img = decode_image(data, device, max_pixels, on_tile=on_tile)
+        if fmt == "PNG" and dst != STDIO:  # streamed to the file: the image is never whole
+            img, encoded, notes = None, b"", []
+            try:
+                with open_atomic(dst, overwrite=force) as f:
+                    header = decode_to_png(data, f, device, max_pixels, on_tile=on_tile)
+            except FileExistsError:
+                raise OutputExistsError(dst) from None
+            size, mode = (header.width, header.height), decoded_mode(header)
+        else:
+            img = decode_image(data, device, max_pixels, on_tile=on_tile)
+            encoded, notes = _save_as(img, fmt, output_quality)
+            write_output(dst, encoded, force)
+            size, mode = img.size, img.mode
         elapsed = time.perf_counter() - start
-        encoded, notes = _save_as(img, fmt, output_quality)
-        write_output(dst, encoded, force)
-        lines = [f"{dst}: {img.width}x{img.height} {img.mode}, {elapsed:.2f} s"]
+        lines = [f"{dst}: {size[0]}x{size[1]} {mode}, {elapsed:.2f} s"]
         lines += [f"note: {note}" for note in notes]
         if ref_rgb is not None:
             lines.append(_psnr_line(ref_rgb, img, dst, encoded, fmt))
@@ -450,7 +460,7 @@ def _reference_rgb(reference: str, header):
 
 def _psnr_line(ref_rgb, img, dst: str, encoded: bytes, fmt: str) -> str:
     """PSNR of the file as written (read back from disk; from its bytes for stdout) and, when
-    the format is lossy, of the decoded pixels before it."""
+    the format is lossy, of the decoded pixels ``img`` before it."""
     import numpy as np
     from PIL import Image
 

@@ -440,6 +440,13 @@ def test_a_coder_bug_is_an_internal_error(env: dict[str, str], coded: dict, tmp_
     assert result.exit_code == cli_main.INTERNAL_ERROR, result.output
     assert "internal error: IndexError: index 7 is out of bounds" in result.output
     assert "corrupt" not in result.output and not (tmp_path / "x.png").exists()
+    (tmp_path / "x.png").write_bytes(b"keep me")  # a PNG is written as it decodes: a failure
+    result = CliRunner().invoke(  # midway keeps the old file and leaves no temporary
+        cli_main.main, ["decode", str(coded["gray"]["lsq"]), "-o", str(tmp_path / "x.png"),
+                        "--force"])
+    assert result.exit_code == cli_main.INTERNAL_ERROR, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+    assert (tmp_path / "x.png").read_bytes() == b"keep me"
 
 
 def in_process(env: dict[str, str], *runs: list[str]) -> tuple[list[int], str, list[str]]:

@@ -312,6 +312,29 @@ def test_tiles_decode_as_one_synthesis_of_all_latents(monkeypatch: pytest.Monkey
     assert np.array_equal(np.asarray(image_codec.decode_image(data)), expected)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA"])
+def test_a_png_streamed_by_rows_holds_the_decoded_pixels(monkeypatch: pytest.MonkeyPatch,
+                                                         mode: str) -> None:
+    """decode_to_png writes rows as every column band has made them (bands of 64 pixels on
+    tiles of 64 here, so rows complete band by band out of step): the file holds the pixels
+    and mode of decode_image, for the current format and for version-2 and -3 streams."""
+    def check(data: bytes) -> None:
+        expected = image_codec.decode_image(data)
+        out = io.BytesIO()
+        header = image_codec.decode_to_png(data, out)
+        with Image.open(io.BytesIO(out.getvalue())) as png:
+            assert png.format == "PNG" and png.mode == expected.mode == mode
+            assert (png.width, png.height) == (header.width, header.height) == expected.size
+            assert np.array_equal(np.asarray(png), np.asarray(expected))
+
+    monkeypatch.setattr(image_codec, "SYNTHESIS_BAND", 64)
+    check(image_codec.encode_image_report(noise(mode, (150, 100)), tile=64)[0])
+    if mode == "RGB":
+        monkeypatch.setenv(registry.WEIGHTS_ENV, str(REPO_WEIGHTS))
+        for version in (2, 3):
+            check((TESTS / "data" / f"v{version}-leech-tile64.lsq").read_bytes())
+
+
 @pytest.mark.parametrize("model", ["leech", "leech-hybrid-cgf"])
 def test_no_seams_at_tile_borders(kodak: Path, monkeypatch: pytest.MonkeyPatch,
                                   model: str) -> None:
