@@ -24,8 +24,8 @@ latents and synthesizes the whole image at once, streamed a few latent rows at a
 tile grid. Analysis runs in bands of rows (``LsqHyperprior.analyze``) and the decoder holds
 the latents of one tile row, so memory grows with the tile width and the image width, not
 with the image height; ``decode_to_png`` also writes the pixels out as their rows complete,
-where ``decode_image`` returns the whole image. Version 2 streams synthesized each tile on its own; they still
-decode as they did.
+where ``decode_image`` returns the whole image. Version 2 streams synthesized each tile on
+its own; they still decode as they did.
 """
 
 from __future__ import annotations

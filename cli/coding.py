@@ -419,7 +419,7 @@ def decode(
             img, encoded, notes = None, b"", []
             try:
                 with open_atomic(dst, overwrite=force) as f:
-                    header = decode_to_png(data, f, device, max_pixels, on_tile=on_tile)
+                    decode_to_png(data, f, device, max_pixels, on_tile=on_tile)
             except FileExistsError:
                 raise OutputExistsError(dst) from None
             size, mode = (header.width, header.height), decoded_mode(header)
