@@ -557,8 +557,7 @@ class _RowsOutput(_Output):
         if n <= 0:
             return
         self.emit(self.rows[:n], self.first)
-        self.rows = np.concatenate([self.rows[n:], np.zeros_like(self.rows[:n])])
-        self.first = rows
+        self.rows, self.first = self.rows[n:], rows  # a view: the next growth copies it
 
 
 def _decode_tiles_v2(net: torch.nn.Module, header: Header, sections: list[bytes],
@@ -621,13 +620,6 @@ def decoded_mode(header: Header) -> str:
                                                            else "")
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """(n, w, 3) uint8 RGB as (n, w) L, with Pillow's integer ITU-R 601-2 weights and
-    rounding, so that it equals ``Image.convert("L")``."""
-    r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
-
-
 def decode_image(
     data: bytes,
     device: str = "cpu",
@@ -659,8 +651,8 @@ def decode_to_png(
     writer = PngWriter(file, header.width, header.height, decoded_mode(header))
 
     def emit(rows: np.ndarray, first: int) -> None:
-        if header.flags & FLAG_GRAY:
-            rows = _luma(rows)[..., None]
+        if header.flags & FLAG_GRAY:  # as decode_image converts
+            rows = np.asarray(Image.fromarray(rows).convert("L"))[..., None]
         if alpha is not None:
             rows = np.concatenate([rows, alpha[first : first + len(rows), :, None]], axis=2)
         writer.write(rows)
