@@ -666,6 +666,26 @@ def test_divergence_is_a_non_finite_or_spiking_loss(losses, flagged):
     assert seen.count("rollback") == (flagged is not None)
 
 
+def test_logged_images_per_s_leaves_out_pauses_anywhere_in_the_interval(monkeypatch):
+    """Four steps of 1 s each with a 10-s pause after the first: 4 crops per step make 4
+    images/s, wherever the pause falls."""
+    clock = [0.0]
+    monkeypatch.setattr(cb.time, "monotonic", lambda: clock[0])
+    logged = []
+    t = type("T", (), {"step": 0, "end": 100, "crops_per_step": 4, "is_main": True, "lr": 1e-4,
+                       "elapsed": lambda self: clock[0], "log": lambda self, r: logged.append(r)})()
+    logger = cb.Logger(every=4)
+    logger.on_start(t)
+    for step in range(1, 5):
+        clock[0] += 1.0
+        t.step = step
+        if step == 1:
+            clock[0] += 10.0
+            logger.on_pause(t, 10.0)
+        logger.on_step_end(t, torch.ones(len(cb.Logger.KEYS)))
+    assert len(logged) == 1 and logged[0]["images_per_s"] == pytest.approx(4.0)
+
+
 def test_a_finite_loss_spike_rolls_back_with_half_the_lr(images, tmp_path, monkeypatch):
     real, calls = trainer.train_step, []
 

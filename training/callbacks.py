@@ -6,9 +6,9 @@ A callback sees the trainer at these points: ``on_start``; ``on_step_begin`` and
 ``on_step_end(stats)`` around every step; ``request`` at check points, where it may ask for
 "rollback", "stop" or "checkpoint" (rank 0's requests are what every rank does);
 ``on_rollback(from_step)`` and ``on_save(state)`` after the trainer did so (``state``: the
-checkpoint it wrote, on rank 0; None elsewhere); ``on_pause`` after time that was not
-training (a checkpoint, a validation); ``on_end``. ``result`` adds to what ``Trainer.run``
-returns.
+checkpoint it wrote, on rank 0; None elsewhere); ``on_pause(seconds)`` after that many
+seconds that were not training (a checkpoint, a validation); ``on_end``. ``result`` adds to
+what ``Trainer.run`` returns.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Callback:
 
     def on_save(self, t: Trainer, state: dict | None) -> None: ...
 
-    def on_pause(self, t: Trainer) -> None: ...
+    def on_pause(self, t: Trainer, seconds: float) -> None: ...
 
     def on_end(self, t: Trainer) -> None: ...
 
@@ -156,11 +156,11 @@ class Logger(Callback):
     KEYS = ("loss", "bpp", "mse", "psnr", "aux")
 
     def __init__(self, every: int) -> None:
-        self.every, self.last = every, {}
+        self.every, self.last, self.paused = every, {}, 0.0
         self.sums: torch.Tensor | None = None
 
     def _reset(self, t: Trainer) -> None:
-        self.sums, self.since, self.clock = None, t.step, time.monotonic()
+        self.sums, self.since, self.clock, self.paused = None, t.step, time.monotonic(), 0.0
 
     def on_start(self, t: Trainer) -> None:
         self._reset(t)
@@ -168,8 +168,8 @@ class Logger(Callback):
     def on_rollback(self, t: Trainer, from_step: int) -> None:
         self._reset(t)
 
-    def on_pause(self, t: Trainer) -> None:
-        self.clock = time.monotonic()
+    def on_pause(self, t: Trainer, seconds: float) -> None:
+        self.paused += seconds
 
     def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
         self.sums = stats.clone() if self.sums is None else self.sums + stats
@@ -178,7 +178,7 @@ class Logger(Callback):
         now = time.monotonic()
         means = (self.sums / (t.step - self.since)).tolist()
         self.last = {"step": t.step, "images_per_s": (t.step - self.since) * t.crops_per_step
-                     / (now - self.clock), **dict(zip(self.KEYS, means, strict=True)),
+                     / (now - self.clock - self.paused), **dict(zip(self.KEYS, means, strict=True)),
                      "lr": t.lr, "elapsed_s": t.elapsed()}
         t.log(self.last)
         self._reset(t)
@@ -204,8 +204,9 @@ class Validation(Callback):
 
     def on_step_end(self, t: Trainer, stats: torch.Tensor) -> None:
         if t.is_main and self.every and t.step % self.every == 0 and t.step < t.end:
+            start = time.monotonic()
             self._run(t)
-            t.notify("on_pause")
+            t.notify("on_pause", time.monotonic() - start)
 
     def on_end(self, t: Trainer) -> None:
         if t.is_main and t.finished:

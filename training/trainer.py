@@ -113,11 +113,12 @@ class Trainer:
         }
 
     def save(self) -> None:
+        start = time.monotonic()
         state = self.state()  # a collective: every rank takes part
         if self.is_main:
             checkpoint.save(self.out_dir, state)
         self.notify("on_save", state if self.is_main else None)
-        self.notify("on_pause")
+        self.notify("on_pause", time.monotonic() - start)
 
     def roll_back(self) -> None:
         from_step = self.step
