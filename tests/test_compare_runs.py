@@ -50,3 +50,20 @@ def test_equal_crops_when_the_test_run_is_shorter(tmp_path, capsys):
 def test_bad_spec_exits_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match="expected LOG.jsonl:BATCH"):
         compare_runs.main([str(tmp_path / "a.jsonl"), "b:16"])
+
+
+def test_steps_compare_at_each_and_a_run_may_span_several_logs(tmp_path, capsys):
+    a1, a2, b = tmp_path / "a1.jsonl", tmp_path / "a2.jsonl", tmp_path / "b.jsonl"
+    write_log(a1, [100, 200], 0.0)
+    write_log(a2, [200, 300], 0.2)  # a later session: its step 200 replaces the first's
+    write_log(b, [100, 200, 300], 0.5)
+    compare_runs.main([f"{a1},{a2}:16", f"{b}:16", "--steps", "100,200"])
+    out = capsys.readouterr().out
+    assert "equal time" not in out
+    first, second = out.split("at equal crops")[1:]
+    assert f"A {a1},{a2} step 100" in first and "q1-8: BD-PSNR +0.500 dB" in first
+    assert f"A {a1},{a2} step 200" in second and "q1-8: BD-PSNR +0.300 dB" in second
+    with pytest.raises(SystemExit, match="no validation row at step 150"):
+        compare_runs.main([f"{a1}:16", f"{b}:16", "--steps", "150"])
+    with pytest.raises(SystemExit):
+        compare_runs.main([f"{a1}:16", f"{b}:16", "--steps", "x"])

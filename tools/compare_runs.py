@@ -1,12 +1,14 @@
 """Two training runs compared on their held-out validation rows: a recipe or codec A/B.
 
-    python -m lsq.tools.compare_runs A/log.jsonl:BATCH_A B/log.jsonl:BATCH_B
+    python -m lsq.tools.compare_runs A/log.jsonl:BATCH_A B/log.jsonl:BATCH_B [--steps 17000,18000]
 
 BD-PSNR and BD-rate (``bjontegaard``, Akima) of B against A over the qualities both logs
 validate (all, the lower half, the upper half), at equal training time (each run's last
 validation row) and at equal crops (each run's row nearest to the crops the shorter run
-reached).
-BATCH is the run's crops per step (times its GPUs), which the log does not record.
+reached); with ``--steps``, at equal crops at each of B's steps listed instead.
+BATCH is the run's crops per step (times its GPUs), which the log does not record. A run
+trained over several sessions may name its logs joined by commas (``s3.jsonl,s4.jsonl:128``):
+where two hold the same step, the later log's row counts.
 """
 
 from __future__ import annotations
@@ -60,27 +62,50 @@ def compare(anchor: dict, test: dict) -> dict[str, tuple[float, float]]:
 
 
 def _run(spec: str) -> tuple[str, list[dict], int]:
-    path, _, batch = spec.rpartition(":")
-    if not path or not batch.isdigit() or int(batch) < 1:
+    paths, _, batch = spec.rpartition(":")
+    if not paths or not batch.isdigit() or int(batch) < 1:
         raise ValueError(f"{spec!r}: expected LOG.jsonl:BATCH")
-    rows = validation_rows(path)
-    if not rows:
-        raise ValueError(f"{path}: no validation rows")
-    return path, rows, int(batch)
+    by_step = {r["step"]: r for path in paths.split(",") for r in validation_rows(path)}
+    if not by_step:
+        raise ValueError(f"{paths}: no validation rows")
+    return paths, [by_step[s] for s in sorted(by_step)], int(batch)
+
+
+def _nearest(rows: Sequence[dict], batch: int, crops: int) -> dict:
+    return min(rows, key=lambda r: abs(r["step"] * batch - crops))
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected steps such as 17000,18000")
+    return steps
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("anchor", help="LOG.jsonl:BATCH of run A")
     parser.add_argument("test", help="LOG.jsonl:BATCH of run B")
+    parser.add_argument("--steps", type=_steps,
+                        help="B's steps (comma-separated) to compare at, each at equal crops")
     args = parser.parse_args(argv)
     try:
         (pa, ra, ba), (pb, rb, bb) = _run(args.anchor), _run(args.test)
-        last_a, last_b = ra[-1], rb[-1]
-        crops = min(last_a["step"] * ba, last_b["step"] * bb)
-        at_crops = [min(rows, key=lambda r: abs(r["step"] * batch - crops))
-                    for rows, batch in ((ra, ba), (rb, bb))]
-        cases = [("equal time (last rows)", (last_a, last_b)), ("equal crops", at_crops)]
+        if args.steps:
+            cases = []
+            for step in args.steps:
+                row_b = _nearest(rb, bb, step * bb)
+                if row_b["step"] != step:
+                    raise ValueError(f"{pb}: no validation row at step {step}")
+                cases.append(("equal crops", (_nearest(ra, ba, step * bb), row_b)))
+        else:
+            last_a, last_b = ra[-1], rb[-1]
+            crops = min(last_a["step"] * ba, last_b["step"] * bb)
+            cases = [("equal time (last rows)", (last_a, last_b)),
+                     ("equal crops", (_nearest(ra, ba, crops), _nearest(rb, bb, crops)))]
         for label, (row_a, row_b) in cases:
             print(f"at {label}: A {pa} step {row_a['step']}, {row_a['step'] * ba:,} crops; "
                   f"B {pb} step {row_b['step']}, {row_b['step'] * bb:,} crops")
