@@ -4,12 +4,13 @@ Heavy modules (torch, the models) are imported inside the commands, after every 
 needs neither (inputs, outputs, the stream's header), so that `lsq --help`, `lsq info` and
 those errors stay fast; a missing CUDA is refused once torch is in, before any model.
 `encode` and `decode` take several inputs in one process (one model load) when -o names a
-folder. Outputs are written atomically by `lsq.fileio.write_atomic`; an existing file is
+folder. Outputs are written atomically by `lsq.fileio.open_atomic`; an existing file is
 never clobbered without --force and never lost when writing fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import io
@@ -19,13 +20,15 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
 from lsq.cli.main import INTERNAL_ERROR, CodecClickException, to_click_exception
 from lsq.codec.bitstream import DEFAULT_MAX_PIXELS
-from lsq.fileio import open_atomic, write_atomic
+from lsq.fileio import open_atomic
 
 STDIO = "-"
 
@@ -109,8 +112,17 @@ def write_output(path: str, data: bytes, force: bool) -> None:
         while view:
             view = view[os.write(sys.stdout.fileno(), view) :]
         return
+    with open_output(path, force) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def open_output(path: str, force: bool) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through atomically (lsq.fileio.open_atomic); an existing
+    file without --force is an OutputExistsError."""
     try:
-        write_atomic(path, data, overwrite=force)
+        with open_atomic(path, overwrite=force) as f:
+            yield f
     except FileExistsError:
         raise OutputExistsError(path) from None
 
@@ -417,11 +429,8 @@ def decode(
         start = time.perf_counter()
         if fmt == "PNG" and dst != STDIO:  # streamed to the file: the image is never whole
             img, encoded, notes = None, b"", []
-            try:
-                with open_atomic(dst, overwrite=force) as f:
-                    decode_to_png(data, f, device, max_pixels, on_tile=on_tile)
-            except FileExistsError:
-                raise OutputExistsError(dst) from None
+            with open_output(dst, force) as f:
+                decode_to_png(data, f, device, max_pixels, on_tile=on_tile)
             size, mode = (header.width, header.height), decoded_mode(header)
         else:
             img = decode_image(data, device, max_pixels, on_tile=on_tile)
