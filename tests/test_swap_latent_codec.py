@@ -37,6 +37,7 @@ def test_the_own_codec_swapped_in_gives_the_same_figures(scalar_model):
     bpp, db = swap.rate_and_psnr(swap.swapped_model(scalar_model, "leech"), image, 3.0)
     assert (bpp, db) != own and bpp > 0 and 10 < db < 60
     assert isinstance(scalar_model.latent_codec, ScalarLatentCodec)
+    assert swap.rate_and_psnr(scalar_model, image, 3.0) == own  # the model itself untouched
 
 
 def test_a_codec_reading_other_hyper_parameters_is_refused(scalar_model):

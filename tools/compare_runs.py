@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.steps:
             cases = []
             for step in args.steps:
-                row_b = _nearest(rb, bb, step * bb)
-                if row_b["step"] != step:
+                row_b = next((r for r in rb if r["step"] == step), None)
+                if row_b is None:
                     raise ValueError(f"{pb}: no validation row at step {step}")
                 cases.append(("equal crops", (_nearest(ra, ba, step * bb), row_b)))
         else:
